@@ -1,0 +1,5 @@
+"""``python -m edgerun`` runs the CLI."""
+
+from edgerun.cli import main
+
+main()

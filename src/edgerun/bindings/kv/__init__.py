@@ -1,0 +1,81 @@
+"""The KV binding: ``env.KV`` (Cloudflare Workers KV API, Deno KV style tuple keys).
+
+``open_kv`` builds a ``KVNamespace`` over a backend: ``"sqlite"`` (one file per
+project, many namespaces; the default) or ``"memory"`` (per process, for tests).
+"""
+
+from __future__ import annotations
+
+import os
+
+from edgerun.bindings.kv.api import (
+    GetType,
+    KVKeyInfo,
+    KVListResult,
+    KVNamespace,
+    KVValueWithMetadata,
+)
+from edgerun.bindings.kv.backend import KVBackend, KVEntry, KVRecord
+from edgerun.bindings.kv.keys import KVKey, KVKeyPart
+from edgerun.bindings.kv.limits import DEFAULT_LIMITS, KVLimits
+from edgerun.bindings.kv.memory import MemoryKVBackend
+from edgerun.bindings.kv.sqlite import SqliteKVBackend
+from edgerun.clock import Clock, SystemClock
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_LIMITS",
+    "GetType",
+    "KVBackend",
+    "KVEntry",
+    "KVKey",
+    "KVKeyInfo",
+    "KVKeyPart",
+    "KVLimits",
+    "KVListResult",
+    "KVNamespace",
+    "KVRecord",
+    "KVValueWithMetadata",
+    "MemoryKVBackend",
+    "SqliteKVBackend",
+    "open_kv",
+]
+
+BACKENDS = ("sqlite", "memory")
+"""The backend names ``open_kv`` accepts."""
+
+
+def open_kv(
+    namespace: str,
+    *,
+    backend: str = "sqlite",
+    path: str | os.PathLike[str] | None = None,
+    clock: Clock | None = None,
+    limits: KVLimits | None = None,
+) -> KVNamespace:
+    """Open KV namespace ``namespace`` on ``backend`` and return its ``KVNamespace``.
+
+    ``"sqlite"`` requires ``path``, the project's KV database file (created if
+    missing; shared by all its namespaces and by other processes). ``"memory"``
+    ignores ``path``: the store lives and dies with the returned object. ``clock``
+    decides expiry (default: system clock); ``limits`` defaults to ``KVLimits()``.
+    Raises ``ValueError`` for an empty namespace, an unknown backend or a missing
+    path; ``KVUnavailable``/``KVError`` when the sqlite file cannot be used. Close the
+    result with ``await kv.close()``.
+    """
+    if not isinstance(namespace, str) or not namespace:
+        raise ValueError(f"a KV namespace name must be a non-empty str, got {namespace!r}")
+    clock = clock if clock is not None else SystemClock()
+    store: KVBackend
+    if backend == "sqlite":
+        if path is None:
+            raise ValueError(
+                f"the sqlite KV backend needs a path (the project's KV database file) "
+                f"to open namespace {namespace!r}"
+            )
+        store = SqliteKVBackend(path, namespace, clock)
+    elif backend == "memory":
+        store = MemoryKVBackend(clock)
+    else:
+        raise ValueError(f"unknown KV backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    return KVNamespace(store, name=namespace, clock=clock, limits=limits)

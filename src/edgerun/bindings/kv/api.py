@@ -1,0 +1,297 @@
+"""``KVNamespace``: the ``env.KV`` object user code calls, plus its result types.
+
+The API follows Cloudflare Workers KV (``get``/``get_with_metadata``/``put``/``delete``/
+``list`` with cursors, TTLs and metadata) and adds Deno KV style tuple keys for
+hierarchical data. Every argument is validated here (``validate``) before a backend
+sees it, so all backends enforce the same limits with the same messages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, overload
+
+from edgerun.bindings.kv.backend import KVBackend, KVEntry, KVRecord
+from edgerun.bindings.kv.keys import KVKey, decode_key, encode_cursor
+from edgerun.bindings.kv.limits import DEFAULT_LIMITS, KVLimits
+from edgerun.bindings.kv.validate import (
+    check_cursor,
+    check_expiration,
+    check_get_type,
+    check_key,
+    check_list_limit,
+    check_metadata,
+    check_prefix,
+    check_value,
+    quote,
+)
+from edgerun.clock import Clock, SystemClock
+from edgerun.errors import KVError
+
+__all__ = ["GetType", "KVKeyInfo", "KVListResult", "KVNamespace", "KVValueWithMetadata"]
+
+GetType = Literal["text", "json", "bytes"]
+"""How ``get`` decodes a value: UTF-8 text, parsed JSON, or raw bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class KVKeyInfo:
+    """One key in a ``list()`` page.
+
+    ``name`` is the key as it was put (``str`` or tuple), ``expiration`` the epoch
+    second at which it expires (rounded up) or ``None``, ``metadata`` the value given
+    to ``put(metadata=...)`` or ``None``.
+    """
+
+    name: KVKey
+    expiration: int | None = None
+    metadata: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class KVListResult:
+    """One page of ``list()``: keys in order, and how to get the next page.
+
+    When ``list_complete`` is false, pass ``cursor`` to the next ``list()`` call (with
+    the same prefix) to continue; when it is true, ``cursor`` is ``None``.
+    """
+
+    keys: list[KVKeyInfo] = field(default_factory=list)
+    list_complete: bool = True
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KVValueWithMetadata:
+    """The result of ``get_with_metadata``: ``value`` is ``None`` for a missing key."""
+
+    value: Any
+    metadata: Any = None
+
+
+def _decode(value: bytes, type_: str, key: object) -> Any:
+    if type_ == "bytes":
+        return value
+    if type_ == "text":
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise KVError(
+                f"the value of key {quote(key)} is not UTF-8 text; "
+                f"read it with get(key, type='bytes')"
+            ) from None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise KVError(
+            f"the value of key {quote(key)} is not JSON ({exc.msg} at character {exc.pos}); "
+            f"read it with get(key, type='text') or type='bytes'"
+        ) from None
+    except UnicodeDecodeError:
+        raise KVError(
+            f"the value of key {quote(key)} is not JSON (not UTF-8 text); "
+            f"read it with get(key, type='bytes')"
+        ) from None
+
+
+def _metadata(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _key_info(entry: KVEntry) -> KVKeyInfo:
+    key, expiration, metadata = entry
+    return KVKeyInfo(
+        decode_key(key),
+        None if expiration is None else math.ceil(expiration),
+        _metadata(metadata),
+    )
+
+
+class _ClosedBackend:
+    """Stands in for the backend after ``close()``: every call raises ``KVError``.
+
+    Swapping the backend out keeps a "closed?" check off the hot path.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def _error(self) -> KVError:
+        return KVError(f"KV namespace {self._name!r} is closed")
+
+    async def get(self, key: bytes) -> KVRecord | None:
+        raise self._error()
+
+    async def put(
+        self, key: bytes, value: bytes, expiration: float | None, metadata: str | None
+    ) -> None:
+        raise self._error()
+
+    async def delete(self, key: bytes) -> None:
+        raise self._error()
+
+    async def scan(self, start: bytes, end: bytes | None, limit: int) -> list[KVEntry]:
+        raise self._error()
+
+    async def close(self) -> None:
+        return None
+
+
+class KVNamespace:
+    """One KV namespace, as user code sees it on ``env`` (``env.KV``).
+
+    Keys are ``str`` or tuples of ``str | int | float | bytes | bool`` (ordered
+    element-wise, see ``keys``); values are ``str`` or bytes; each key may carry JSON
+    metadata and an expiration. Expired keys are never returned. Limits come from
+    ``limits`` (``KVLimits``); a call that breaks one raises ``KVValidationError``
+    naming the limit. Backend failures raise ``KVUnavailable`` (retry later) or
+    ``KVError``. Build one with ``open_kv``.
+    """
+
+    __slots__ = ("_backend", "_clock", "_limits", "_name")
+
+    def __init__(
+        self,
+        backend: KVBackend,
+        *,
+        name: str = "kv",
+        clock: Clock | None = None,
+        limits: KVLimits | None = None,
+    ) -> None:
+        self._backend: KVBackend = backend
+        self._name = name
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._limits = limits if limits is not None else DEFAULT_LIMITS
+
+    @property
+    def name(self) -> str:
+        """The namespace name (from the project's ``[[kv]] namespace``)."""
+        return self._name
+
+    @property
+    def limits(self) -> KVLimits:
+        """The limits this namespace enforces."""
+        return self._limits
+
+    @property
+    def backend(self) -> KVBackend:
+        """The storage backend (for maintenance such as sweeps; not for user code)."""
+        return self._backend
+
+    def __repr__(self) -> str:
+        return f"<KVNamespace {self._name!r} on {type(self._backend).__name__}>"
+
+    @overload
+    async def get(self, key: KVKey, type: Literal["text"] = "text") -> str | None: ...
+    @overload
+    async def get(self, key: KVKey, type: Literal["bytes"]) -> bytes | None: ...
+    @overload
+    async def get(self, key: KVKey, type: Literal["json"]) -> Any: ...
+    @overload
+    async def get(self, key: KVKey, type: str) -> Any: ...
+
+    async def get(self, key: KVKey, type: str = "text") -> Any:
+        """The value of ``key`` decoded as ``type``, or ``None`` if missing or expired.
+
+        ``type``: ``"text"`` (``str``, the default), ``"json"`` (parsed JSON) or
+        ``"bytes"``. Raises ``KVValidationError`` for an invalid key or type, and
+        ``KVError`` when the stored value is not UTF-8 (``"text"``) or not JSON
+        (``"json"``).
+        """
+        if type != "text":
+            check_get_type(type)
+        record = await self._backend.get(check_key(key, self._limits))
+        if record is None:
+            return None
+        if type == "text":  # inline the common case: no helper call, no JSON work
+            try:
+                return record[0].decode("utf-8")
+            except UnicodeDecodeError:
+                pass  # let _decode build the error message
+        return _decode(record[0], type, key)
+
+    async def get_with_metadata(self, key: KVKey, type: str = "text") -> KVValueWithMetadata:
+        """``get`` plus the key's metadata: ``KVValueWithMetadata(value, metadata)``.
+
+        Both are ``None`` for a missing or expired key. Raises as ``get`` does.
+        """
+        check_get_type(type)
+        record = await self._backend.get(check_key(key, self._limits))
+        if record is None:
+            return KVValueWithMetadata(None, None)
+        return KVValueWithMetadata(_decode(record[0], type, key), _metadata(record[2]))
+
+    async def put(
+        self,
+        key: KVKey,
+        value: str | bytes | bytearray | memoryview,
+        *,
+        expiration_ttl: float | None = None,
+        expiration: float | None = None,
+        metadata: Any = None,
+    ) -> None:
+        """Store ``value`` under ``key``, replacing any previous value and metadata.
+
+        ``value`` is ``str`` (stored as UTF-8) or bytes-like; serialise other objects
+        with ``json.dumps`` and read them back with ``get(key, type="json")``.
+        ``expiration_ttl`` (seconds from now) or ``expiration`` (epoch seconds), not
+        both, make the key expire; either must be at least ``limits.min_ttl_seconds``
+        ahead. ``metadata`` is any JSON-serialisable object up to
+        ``limits.max_metadata_bytes``. Raises ``KVValidationError`` on any violation.
+        """
+        encoded_key = check_key(key, self._limits)
+        data = check_value(value, self._limits)
+        if expiration is None and expiration_ttl is None:
+            expires_at = None
+        else:
+            expires_at = check_expiration(
+                self._clock.time(), expiration, expiration_ttl, self._limits
+            )
+        meta = check_metadata(metadata, self._limits)
+        await self._backend.put(encoded_key, data, expires_at, meta)
+
+    async def delete(self, key: KVKey) -> None:
+        """Remove ``key``; deleting a missing key is not an error."""
+        await self._backend.delete(check_key(key, self._limits))
+
+    async def close(self) -> None:
+        """Close the backend; later calls raise ``KVError``. Idempotent."""
+        backend = self._backend
+        if isinstance(backend, _ClosedBackend):
+            return
+        self._backend = _ClosedBackend(self._name)
+        await backend.close()
+
+    # Defined last: inside the class body, ``list`` names this method from here on.
+    async def list(
+        self,
+        prefix: KVKey | None = None,
+        limit: int = 1000,
+        cursor: str | None = None,
+    ) -> KVListResult:
+        """One page of live keys, in key order, as ``KVListResult``.
+
+        ``prefix``: ``None`` lists every key (all ``str`` keys, then all tuple keys); a
+        ``str`` lists the ``str`` keys starting with it; a tuple lists the tuple keys
+        whose leading parts equal it (``("a",)`` matches ``("a",)`` and ``("a", 1)``).
+        ``limit``: 1 to ``limits.max_list_limit`` keys per page. ``cursor``: the
+        ``cursor`` of the previous page, to continue after it. Raises
+        ``KVValidationError`` for an invalid prefix, limit or cursor.
+        """
+        start, end = check_prefix(prefix, self._limits)
+        count = check_list_limit(limit, self._limits)
+        after = check_cursor(cursor)
+        if after is not None:
+            # The smallest key greater than ``after`` is ``after + b"\0"``.
+            start = max(start, after + b"\x00")
+        # Ask for one extra entry: its presence is how we know another page exists.
+        entries = await self._backend.scan(start, end, count + 1)
+        complete = len(entries) <= count
+        page = entries if complete else entries[:count]
+        return KVListResult(
+            [_key_info(entry) for entry in page],
+            complete,
+            None if complete else encode_cursor(page[-1][0]),
+        )

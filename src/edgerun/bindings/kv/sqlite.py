@@ -1,0 +1,259 @@
+"""``SqliteKVBackend``: KV namespaces in one SQLite file per project.
+
+Layout: one table holds every namespace of the project, keyed by
+``(namespace, key)`` where ``key`` is the encoded key as a BLOB, so SQLite's bytewise
+BLOB order *is* the key order and a prefix listing is a primary-key range scan::
+
+    kv(namespace TEXT, key BLOB, value BLOB, expiration REAL NULL, metadata TEXT NULL)
+        PRIMARY KEY (namespace, key) WITHOUT ROWID
+    kv_expiration ON kv(namespace, expiration) WHERE expiration IS NOT NULL  -- sweeps
+
+``PRAGMA user_version`` records the schema version.
+
+Point reads and writes run synchronously on the caller's event loop: a bare SQLite
+point read costs a few microseconds, a hop to a thread several times that. WAL mode
+lets readers (the dev server, ``edgerun kv`` in another process) proceed while one
+writer writes; ``synchronous=NORMAL`` skips the fsync per commit (a power cut may
+lose the last writes; an application crash loses none), which is fine for a cache-like
+store. ``busy_timeout`` makes a writer wait for another process's writer rather
+than fail at once. Only ``sweep()`` is meant for a thread, and it opens its own
+connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from typing import Final, cast
+
+from edgerun.bindings.kv.backend import KVEntry, KVRecord
+from edgerun.clock import Clock, SystemClock
+from edgerun.errors import KVError, KVUnavailable
+
+__all__ = ["SCHEMA_VERSION", "SqliteKVBackend"]
+
+SCHEMA_VERSION: Final = 1
+"""The layout version this module writes to ``PRAGMA user_version``."""
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS kv (
+    namespace  TEXT NOT NULL,
+    key        BLOB NOT NULL,
+    value      BLOB NOT NULL,
+    expiration REAL,
+    metadata   TEXT,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_expiration ON kv (namespace, expiration)
+    WHERE expiration IS NOT NULL;
+"""
+
+_LIVE: Final = "(expiration IS NULL OR expiration > ?)"
+_GET: Final = (
+    f"SELECT value, expiration, metadata FROM kv WHERE namespace = ? AND key = ? AND {_LIVE}"
+)
+_PUT: Final = (
+    "INSERT INTO kv (namespace, key, value, expiration, metadata) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (namespace, key) DO UPDATE SET "
+    "value = excluded.value, expiration = excluded.expiration, metadata = excluded.metadata"
+)
+_DELETE: Final = "DELETE FROM kv WHERE namespace = ? AND key = ?"
+_SCAN: Final = (
+    "SELECT key, expiration, metadata FROM kv "
+    f"WHERE namespace = ? AND key >= ? AND key < ? AND {_LIVE} ORDER BY key LIMIT ?"
+)
+_SCAN_TO_END: Final = (
+    "SELECT key, expiration, metadata FROM kv "
+    f"WHERE namespace = ? AND key >= ? AND {_LIVE} ORDER BY key LIMIT ?"
+)
+# Batched so each transaction holds the write lock briefly: the event loop's own
+# synchronous writes wait on it.
+_SWEEP: Final = (
+    "DELETE FROM kv WHERE namespace = ? AND key IN ("
+    "SELECT key FROM kv WHERE namespace = ? AND expiration IS NOT NULL AND expiration <= ? "
+    "LIMIT ?)"
+)
+
+# Primary result codes meaning "the store is there but cannot serve right now".
+_TRANSIENT: Final = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
+
+def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    # isolation_level=None: autocommit, each statement is its own transaction, so
+    # no read transaction is ever left open to pin the WAL.
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _init_schema(conn: sqlite3.Connection, path: str) -> None:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise KVError(
+            f"KV store {path!r} has schema version {version}; this edgerun understands "
+            f"up to {SCHEMA_VERSION}: upgrade edgerun"
+        )
+    # IMMEDIATE takes the write lock first, so two processes creating the file at
+    # once serialise here instead of racing on CREATE.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class SqliteKVBackend:
+    """A ``KVBackend`` storing namespace ``namespace`` in the SQLite file at ``path``.
+
+    Several namespaces, several backends and several processes may share one file.
+    The file (and its directory) is created if missing. ``clock`` decides expiry
+    (default: the system clock). ``busy_timeout`` is how many seconds a write waits
+    for another process's write before raising ``KVUnavailable``. Raises
+    ``KVUnavailable`` when the file cannot be opened, ``KVError`` when it is not a
+    KV store this version understands. Use from one event loop; only ``sweep()`` may
+    run in another thread.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        namespace: str,
+        clock: Clock | None = None,
+        *,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        self._path = os.fspath(path)
+        self._namespace = namespace
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._busy_timeout = busy_timeout
+        self._closed = False
+        if self._path != ":memory:" and not self._path.startswith("file:"):
+            parent = os.path.dirname(os.path.abspath(self._path))
+            os.makedirs(parent, exist_ok=True)
+        try:
+            self._conn = _connect(self._path, busy_timeout)
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+        try:
+            _init_schema(self._conn, self._path)
+        except BaseException as exc:
+            self._conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._translate(exc) from exc
+            raise
+
+    @property
+    def path(self) -> str:
+        """The SQLite file."""
+        return self._path
+
+    @property
+    def namespace(self) -> str:
+        """The namespace this backend reads and writes."""
+        return self._namespace
+
+    def _translate(self, exc: sqlite3.Error) -> KVError:
+        where = f"KV store {self._path!r} (namespace {self._namespace!r})"
+        if self._closed:
+            return KVError(f"{where} is closed")
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _TRANSIENT:
+            return KVUnavailable(f"{where} is unavailable: {exc}; retry later")
+        return KVError(f"{where} failed: {exc}")
+
+    async def get(self, key: bytes) -> KVRecord | None:
+        """The live record for ``key``, or ``None`` if missing or expired."""
+        try:
+            row = self._conn.execute(_GET, (self._namespace, key, self._clock.time())).fetchone()
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+        return cast("KVRecord | None", row)
+
+    async def put(
+        self, key: bytes, value: bytes, expiration: float | None, metadata: str | None
+    ) -> None:
+        """Create or replace ``key``, committed before returning."""
+        try:
+            self._conn.execute(_PUT, (self._namespace, key, value, expiration, metadata))
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+
+    async def delete(self, key: bytes) -> None:
+        """Remove ``key`` if present."""
+        try:
+            self._conn.execute(_DELETE, (self._namespace, key))
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+
+    async def scan(self, start: bytes, end: bytes | None, limit: int) -> list[KVEntry]:
+        """Up to ``limit`` live entries with ``start <= key < end``, in key order."""
+        now = self._clock.time()
+        try:
+            if end is None:
+                cursor = self._conn.execute(_SCAN_TO_END, (self._namespace, start, now, limit))
+            else:
+                cursor = self._conn.execute(_SCAN, (self._namespace, start, end, now, limit))
+            rows = cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+        return cast("list[KVEntry]", rows)
+
+    def sweep(self, batch: int = 1000) -> int:
+        """Delete this namespace's expired rows; returns how many were deleted.
+
+        Blocking and thread-safe: run it with ``asyncio.to_thread``. It uses its own
+        connection and deletes in transactions of ``batch`` rows, so the event loop's
+        writes are never held up for long. Reads never depend on it: expired rows are
+        filtered out by every query.
+        """
+        now = self._clock.time()
+        total = 0
+        try:
+            conn = _connect(self._path, self._busy_timeout)
+            try:
+                while True:
+                    deleted = conn.execute(
+                        _SWEEP, (self._namespace, self._namespace, now, batch)
+                    ).rowcount
+                    total += deleted
+                    if deleted < batch:
+                        return total
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+
+    async def close(self) -> None:
+        """Close the connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        # Lets SQLite refresh stale planner statistics (cheap); best effort, since
+        # every write is already committed.
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("PRAGMA optimize")
+        self._conn.close()

@@ -1,0 +1,459 @@
+"""The ``edgerun`` command line (typer + rich).
+
+Every command has ``--help``. Errors a user can cause are printed as one red line
+(file, line and reason for configs) and exit with status 1; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from edgerun.errors import EdgerunError
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="edgerun",
+    help="Self-hosted edge serverless for Python: run fetch handlers and ASGI apps at the edge.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+kv_app = typer.Typer(
+    help="Read and write a project's KV namespaces (same state as `dev`).", no_args_is_help=True
+)
+secret_app = typer.Typer(
+    help="Manage a project's secrets (values are never printed).", no_args_is_help=True
+)
+app.add_typer(kv_app, name="kv")
+app.add_typer(secret_app, name="secret")
+
+out = Console()
+err = Console(stderr=True)
+_state: dict[str, bool] = {"debug": False}
+
+
+class CliError(EdgerunError):
+    """A usage error detected by the CLI itself."""
+
+    code = "usage"
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run ``fn``; turn user-caused errors into one line unless --debug."""
+    try:
+        return fn()
+    except (EdgerunError, OSError, ValueError) as exc:
+        if _state["debug"]:
+            raise
+        message = str(exc) if not isinstance(exc, EdgerunError) else exc.message
+        raise _fail(message) from None
+
+
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return _guard(lambda: asyncio.run(coro_fn()))
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+ProjectDir = Annotated[
+    Path, typer.Argument(help="Project directory (holding edgerun.toml).", show_default=True)
+]
+StateDirOpt = Annotated[
+    Path | None,
+    typer.Option("--state-dir", help="Where KV data and secrets live (default: DIR/.edgerun)."),
+]
+
+
+def _state_dir(project: Path, state_dir: Path | None) -> Path:
+    from edgerun.node.state import default_state_dir
+
+    return state_dir if state_dir is not None else default_state_dir(project.resolve())
+
+
+# -- init ---------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    name: Annotated[str, typer.Argument(help="Project name (lowercase, digits, '-').")],
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Where to create it (default: ./NAME).")
+    ] = None,
+) -> None:
+    """Create a new project from a template that runs as-is with `edgerun dev`."""
+    import re
+
+    def go() -> Path:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", name):
+            raise CliError(f"invalid project name {name!r}: use lowercase letters, digits and '-'")
+        target = directory or Path(name)
+        if target.exists() and any(target.iterdir()):
+            raise CliError(f"{target} already exists and is not empty")
+        template = resources.files("edgerun") / "templates" / "basic"
+        target.mkdir(parents=True, exist_ok=True)
+        for item in template.iterdir():
+            if item.is_file():
+                text = item.read_text("utf-8").replace("{{name}}", name)
+                (target / item.name).write_text(text, "utf-8")
+        return target
+
+    target = _guard(go)
+    out.print(f"[green]created[/] {target}  — next: [bold]edgerun dev {target}[/]")
+
+
+# -- dev / node ---------------------------------------------------------------------
+
+
+def _serve(opts: Any) -> None:
+    from edgerun.node.run import run_node
+
+    def ready(host: str, port: int) -> None:
+        # The exact line test fixtures wait for; keep it stable.
+        print(f"edgerun: ready on http://{host}:{port}", flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(lambda: run_node(opts, on_ready=ready))
+
+
+ServerOpt = Annotated[
+    str,
+    typer.Option("--server", help="HTTP server: uvicorn (default, strict) or granian (fast)."),
+]
+
+
+MaxBodyOpt = Annotated[
+    int, typer.Option("--max-body-bytes", help="Reject request bodies larger than this (413).")
+]
+HeaderTimeoutOpt = Annotated[
+    float, typer.Option("--header-timeout", help="Seconds a client has to send its headers.")
+]
+BodyTimeoutOpt = Annotated[
+    float, typer.Option("--body-timeout", help="Seconds a client has to send its body.")
+]
+
+
+def _http_limits(max_body: int, header_timeout: float, body_timeout: float) -> Any:
+    from edgerun.security.limits import HttpLimits
+
+    return _guard(
+        lambda: HttpLimits(
+            max_body_bytes=max_body, header_timeout_s=header_timeout, body_timeout_s=body_timeout
+        )
+    )
+
+
+def _server(value: str) -> Literal["uvicorn", "granian"]:
+    if value not in ("uvicorn", "granian"):
+        raise _fail(f"--server must be uvicorn or granian, not {value!r}")
+    return "uvicorn" if value == "uvicorn" else "granian"
+
+
+@app.command()
+def dev(
+    project: ProjectDir = Path("."),
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8787,
+    country: Annotated[
+        str | None, typer.Option(help="Pretend requests come from this country (ISO code).")
+    ] = None,
+    region: Annotated[str | None, typer.Option(help="Pretend region/subdivision for geo.")] = None,
+    server: ServerOpt = "uvicorn",
+    state_dir: StateDirOpt = None,
+    reload: Annotated[bool, typer.Option(help="Reload on file changes.")] = True,
+    max_body_bytes: MaxBodyOpt = 16 * 1024 * 1024,
+    header_timeout: HeaderTimeoutOpt = 10.0,
+    body_timeout: BodyTimeoutOpt = 30.0,
+) -> None:
+    """Serve a project locally, reloading on change; geo headers are honoured (dev only)."""
+    from edgerun.node.run import NodeOptions
+
+    opts = NodeOptions(
+        projects=[project],
+        host=host,
+        port=port,
+        server=_server(server),
+        state_dir=state_dir,
+        dev=True,
+        reload=reload,
+        debug=True,
+        country=country.upper() if country else None,
+        region=region,
+        pop="dev",
+        http_limits=_http_limits(max_body_bytes, header_timeout, body_timeout),
+    )
+    _serve(opts)
+
+
+@app.command()
+def node(
+    projects: Annotated[list[Path], typer.Argument(help="Project directories to serve.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8787,
+    server: ServerOpt = "uvicorn",
+    state_dir: StateDirOpt = None,
+    pop: Annotated[str | None, typer.Option(help="Name of this edge location.")] = None,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option("--trusted-proxy", help="IP/CIDR whose X-Forwarded-For is trusted."),
+    ] = None,
+    max_body_bytes: MaxBodyOpt = 16 * 1024 * 1024,
+    header_timeout: HeaderTimeoutOpt = 10.0,
+    body_timeout: BodyTimeoutOpt = 30.0,
+    trust_geo_headers: Annotated[
+        bool,
+        typer.Option(help="Also trust geo headers (cf-ipcountry, ...) from trusted proxies."),
+    ] = False,
+) -> None:
+    """Run a production edge node serving one or more projects by route."""
+    from edgerun.node.run import NodeOptions
+
+    opts = NodeOptions(
+        projects=projects,
+        host=host,
+        port=port,
+        server=_server(server),
+        state_dir=state_dir,
+        dev=False,
+        reload=False,
+        debug=_state["debug"],
+        pop=pop,
+        trusted_proxies=tuple(trusted_proxy or ()),
+        trust_geo_headers=trust_geo_headers,
+        http_limits=_http_limits(max_body_bytes, header_timeout, body_timeout),
+    )
+    _serve(opts)
+
+
+# -- kv -----------------------------------------------------------------------------
+
+BindingOpt = Annotated[str, typer.Option("--binding", "-b", help="KV binding name, e.g. KV.")]
+
+
+def _kv_call(project: Path, binding: str, state_dir: Path | None, op: Callable[[Any], Any]) -> Any:
+    from edgerun.bindings.kv import open_kv
+    from edgerun.config import load_project
+
+    async def go() -> Any:
+        config = load_project(project)
+        match = [k for k in config.kv if k.binding == binding]
+        if not match:
+            names = ", ".join(k.binding for k in config.kv) or "none"
+            raise CliError(f"no [[kv]] binding named {binding!r} in {config.file} (have: {names})")
+        path = _state_dir(project, state_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        kv = open_kv(match[0].namespace, backend="sqlite", path=path / "kv.sqlite3")
+        try:
+            return await op(kv)
+        finally:
+            await kv.close()
+
+    return _run(go)
+
+
+def _parse_key(key: str, as_tuple: bool) -> Any:
+    if not as_tuple:
+        return key
+    try:
+        parts = json.loads(key)
+    except ValueError:
+        raise _fail(
+            f"--tuple keys are JSON arrays, e.g. '[\"analytics\", 1]'; got {key!r}"
+        ) from None
+    if not isinstance(parts, list):
+        raise _fail(f"--tuple keys are JSON arrays; got {key!r}")
+    return tuple(parts)
+
+
+TupleOpt = Annotated[bool, typer.Option("--tuple", help="KEY is a JSON array (a tuple key).")]
+
+
+@kv_app.command("get")
+def kv_get(
+    key: Annotated[str, typer.Argument(help="The key.")],
+    binding: BindingOpt,
+    project: ProjectDir = Path("."),
+    state_dir: StateDirOpt = None,
+    as_tuple: TupleOpt = False,
+) -> None:
+    """Print the value of KEY (exit 1 if missing)."""
+    k = _parse_key(key, as_tuple)
+    value = _kv_call(project, binding, state_dir, lambda kv: kv.get(k, type="bytes"))
+    if value is None:
+        raise _fail(f"key {key!r} not found in {binding}")
+    sys.stdout.buffer.write(value)
+    sys.stdout.buffer.write(b"\n")
+    sys.stdout.flush()
+
+
+@kv_app.command("put")
+def kv_put(
+    key: Annotated[str, typer.Argument(help="The key.")],
+    value: Annotated[
+        str | None, typer.Argument(help="The value (or use --file / stdin '-').")
+    ] = None,
+    binding: BindingOpt = "KV",
+    project: ProjectDir = Path("."),
+    state_dir: StateDirOpt = None,
+    ttl: Annotated[int | None, typer.Option("--ttl", help="Expire after N seconds.")] = None,
+    metadata: Annotated[str | None, typer.Option(help="JSON metadata.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="Read the value from a file.")] = None,
+    as_tuple: TupleOpt = False,
+) -> None:
+    """Store VALUE under KEY."""
+    k = _parse_key(key, as_tuple)
+    if file is not None:
+        data: bytes = _guard(file.read_bytes)
+    elif value == "-" or value is None:
+        data = sys.stdin.buffer.read()
+    else:
+        data = value.encode()
+    meta = None
+    if metadata is not None:
+        try:
+            meta = json.loads(metadata)
+        except ValueError as exc:
+            raise _fail(f"--metadata must be JSON: {exc}") from None
+    _kv_call(
+        project,
+        binding,
+        state_dir,
+        lambda kv: kv.put(k, data, expiration_ttl=ttl, metadata=meta),
+    )
+    out.print(f"[green]stored[/] {key}")
+
+
+@kv_app.command("delete")
+def kv_delete(
+    key: Annotated[str, typer.Argument(help="The key.")],
+    binding: BindingOpt,
+    project: ProjectDir = Path("."),
+    state_dir: StateDirOpt = None,
+    as_tuple: TupleOpt = False,
+) -> None:
+    """Delete KEY (no error if it does not exist)."""
+    k = _parse_key(key, as_tuple)
+    _kv_call(project, binding, state_dir, lambda kv: kv.delete(k))
+    out.print(f"[green]deleted[/] {key}")
+
+
+@kv_app.command("list")
+def kv_list(
+    binding: BindingOpt,
+    project: ProjectDir = Path("."),
+    state_dir: StateDirOpt = None,
+    prefix: Annotated[str | None, typer.Option(help="Only keys starting with this.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many keys (1..1000).")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_tuple: TupleOpt = False,
+) -> None:
+    """List keys with their expiration and metadata."""
+    p = _parse_key(prefix, as_tuple) if prefix is not None else None
+    result = _kv_call(project, binding, state_dir, lambda kv: kv.list(prefix=p, limit=limit))
+    rows = [
+        {
+            "name": list(k.name) if isinstance(k.name, tuple) else k.name,
+            "expiration": k.expiration,
+            "metadata": k.metadata,
+        }
+        for k in result.keys
+    ]
+    if as_json:
+        print(
+            json.dumps(
+                {"keys": rows, "list_complete": result.list_complete, "cursor": result.cursor},
+                default=repr,
+            )
+        )
+        return
+    table = Table("key", "expiration", "metadata")
+    for row in rows:
+        table.add_row(
+            str(row["name"]),
+            str(row["expiration"] or ""),
+            json.dumps(row["metadata"]) if row["metadata"] is not None else "",
+        )
+    out.print(table)
+
+
+# -- secrets ------------------------------------------------------------------------
+
+
+@secret_app.command("put")
+def secret_put(
+    name: Annotated[str, typer.Argument(help="Secret name (a Python identifier).")],
+    project: ProjectDir = Path("."),
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Set secret NAME; the value is read from stdin (prompted, hidden, on a terminal)."""
+    from edgerun.control.secrets import SecretStore, validate_secret_name
+
+    _guard(lambda: validate_secret_name(name))
+    if sys.stdin.isatty():
+        value = typer.prompt(f"Value for {name}", hide_input=True)
+    else:
+        value = sys.stdin.read().rstrip("\r\n")
+    if not value:
+        raise _fail("the secret value is empty")
+    store = SecretStore(_state_dir(project, state_dir))
+    _guard(lambda: store.put(name, value))
+    out.print(f"[green]stored secret[/] {name}")
+
+
+@secret_app.command("list")
+def secret_list(project: ProjectDir = Path("."), state_dir: StateDirOpt = None) -> None:
+    """List secret names (never values)."""
+    from edgerun.control.secrets import SecretStore
+
+    for n in _guard(SecretStore(_state_dir(project, state_dir)).names):
+        print(n)
+
+
+@secret_app.command("delete")
+def secret_delete(
+    name: Annotated[str, typer.Argument(help="Secret name.")],
+    project: ProjectDir = Path("."),
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Delete secret NAME."""
+    from edgerun.control.secrets import SecretStore
+
+    if not _guard(lambda: SecretStore(_state_dir(project, state_dir)).delete(name)):
+        raise _fail(f"no secret named {name!r}")
+    out.print(f"[green]deleted secret[/] {name}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

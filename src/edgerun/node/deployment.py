@@ -1,0 +1,130 @@
+"""One project loaded on this node: its config, bindings, env and invoker.
+
+``Deployment.open`` wires a validated ``ProjectConfig`` into a running handler:
+bindings are opened from the config (each deployment sees only its own), vars and
+secrets are added to ``env``, the entry point is loaded and started. ``close`` waits
+for in-flight requests, then stops the invoker and closes the bindings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from edgerun.bindings.base import Binding, close_all, open_all
+from edgerun.bindings.cache import Cache
+from edgerun.bindings.kv import open_kv
+from edgerun.clock import Clock, SystemClock
+from edgerun.config import ProjectConfig
+from edgerun.control.secrets import SecretStore
+from edgerun.node.state import StateDir
+from edgerun.runtime.env import Env
+from edgerun.runtime.invoke import InProcessInvoker, Invoker
+from edgerun.runtime.limits import RuntimeLimits
+from edgerun.runtime.loader import load_entry
+
+__all__ = ["Deployment"]
+
+
+class Deployment:
+    """A project serving on this node; count in-flight requests to drain on swap."""
+
+    def __init__(
+        self,
+        config: ProjectConfig,
+        invoker: Invoker,
+        bindings: dict[str, Binding],
+        state: StateDir,
+    ) -> None:
+        self.config = config
+        self.invoker = invoker
+        self.bindings = bindings
+        self.state = state
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def name(self) -> str:
+        """The project name from ``edgerun.toml``."""
+        return self.config.name
+
+    @classmethod
+    async def open(
+        cls,
+        config: ProjectConfig,
+        *,
+        state_dir: Path,
+        clock: Clock | None = None,
+        debug: bool = False,
+    ) -> Deployment:
+        """Open the bindings, build ``env``, load and start the entry point.
+
+        Raises ``EntrypointError`` for a module without a usable handler and whatever
+        a binding raises while opening (already-opened bindings are closed first).
+        """
+        clock = clock or SystemClock()
+        state = StateDir(state_dir).ensure()
+        openers: dict[str, Callable[[], Awaitable[Binding]]] = {}
+        for kv in config.kv:
+            openers[kv.binding] = _kv_opener(kv.namespace, kv.backend, state, clock)
+        for cache in config.cache:
+            openers[cache.binding] = _cache_opener(cache.binding, cache.max_bytes, clock)
+        bindings = await open_all(openers)
+        try:
+            values: dict[str, Any] = dict(config.vars)
+            values.update(SecretStore(state.path).load())
+            values.update(bindings)
+            entry = load_entry(config.root, config.main)
+            limits = RuntimeLimits(
+                cpu_ms=config.limits.cpu_ms,
+                wall_ms=config.limits.wall_ms,
+                memory_mb=config.limits.memory_mb,
+            )
+            invoker = InProcessInvoker(entry, Env(values), limits, clock=clock, debug=debug)
+            await invoker.start()
+        except BaseException:
+            await close_all(bindings)
+            raise
+        return cls(config, invoker, bindings, state)
+
+    def enter(self) -> None:
+        """Count a request in (called by the dispatcher before invoking)."""
+        self.inflight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        """Count a request out, after its response and deferred work are done."""
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def close(self, *, drain_timeout_s: float = 30.0) -> None:
+        """Wait for in-flight requests (bounded), then stop the invoker and bindings."""
+        try:
+            async with asyncio.timeout(drain_timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            pass
+        try:
+            await self.invoker.stop()
+        finally:
+            await close_all(self.bindings)
+
+
+def _kv_opener(
+    namespace: str, backend: str, state: StateDir, clock: Clock
+) -> Callable[[], Awaitable[Binding]]:
+    async def opener() -> Binding:
+        return open_kv(namespace, backend=backend, path=state.kv_file, clock=clock)
+
+    return opener
+
+
+def _cache_opener(name: str, max_bytes: int, clock: Clock) -> Callable[[], Awaitable[Binding]]:
+    async def opener() -> Binding:
+        return Cache(name, max_bytes=max_bytes, clock=clock)
+
+    return opener

@@ -1,0 +1,363 @@
+"""uvicorn's httptools protocol with the node's caps and deadlines enforced as bytes arrive.
+
+uvicorn has no deadline for receiving a request head (it held 500 slowloris
+connections for 30 s, DESIGN §7) and httptools buffers a header line of any length
+until it ends. ``NodeHttpToolsProtocol`` subclasses uvicorn's ``HttpToolsProtocol``
+and adds, per connection:
+
+- a head deadline (``limits.header_timeout_s``), armed when the connection opens and
+  whenever the connection is ready for the next request; a partial head that misses
+  it gets 408 and the connection is closed, an idle connection is just closed;
+- a body deadline (``limits.body_timeout_s``) from the end of the head to the end of
+  the body -> 408 (or a plain close if the response was already sent);
+- the URL cap as the target arrives (414), the header count and size caps per header
+  (431) plus a raw-bytes backstop so one endless header line is cut off early (431);
+- ``security.limits.check_head`` on the complete head (400/413) before the request
+  reaches the application;
+- the body cap as body bytes arrive (413 the moment it is crossed);
+- JSON error bodies for these and for httptools' own parse errors (400), written with
+  ``connection: close`` and a lingering close (half-close, drain what the client still
+  sends for a moment) so the client can read the error before the connection ends.
+
+Use ``protocol_class(limits)`` to get a class bound to a limits object and pass it as
+uvicorn's ``Config(http=...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+from typing import Any, ClassVar
+
+import httptools
+import msgspec
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from edgerun.errors import HeadersTooLarge, RequestError, RequestTimeout, to_http
+from edgerun.node.front import FRAMING_SCOPE_KEY, logger
+from edgerun.security.limits import (
+    BodyMeter,
+    HttpLimits,
+    check_head,
+    check_header_size,
+    check_url,
+)
+
+__all__ = ["NodeHttpToolsProtocol", "protocol_class", "render_error"]
+
+# Lingering close after an error response: how long, and how many bytes, the node keeps
+# reading (and dropping) what the client is still sending. Closing a socket with unread
+# input makes the kernel send a reset, which can destroy the response before the client
+# reads it.
+_LINGER_S = 2.0
+_LINGER_MAX_BYTES = 1024 * 1024
+
+
+def render_error(exc: BaseException, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A complete HTTP/1.1 JSON error response for ``exc`` that closes the connection."""
+    status, body = to_http(exc)
+    payload = msgspec.json.encode(body)
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    parts = [f"HTTP/1.1 {status} {phrase}\r\n".encode("ascii")]
+    for name, value in default_headers:
+        parts += [name, b": ", value, b"\r\n"]
+    parts.append(
+        b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+        % len(payload)
+    )
+    parts.append(payload)
+    return b"".join(parts)
+
+
+class NodeHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the node's head/body deadlines and size caps.
+
+    The caps come from the class attribute ``limits``; ``protocol_class(limits)``
+    makes a subclass bound to other limits. Everything else (ASGI cycle, pipelining,
+    keep-alive, graceful shutdown) is uvicorn's.
+    """
+
+    limits: ClassVar[HttpLimits] = HttpLimits()
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        # The head deadline is a number, re-armed per request without touching the event
+        # loop; one timer per connection fires at it (or re-schedules itself if the
+        # deadline moved) -- cheaper than a call_later/cancel pair per request.
+        self._head_deadline: float | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        # Between requests and while a head arrives (not while a body arrives).
+        self._in_head = True
+        self._head_started = False
+        self._head_bytes = 0
+        self._url_bytes = 0
+        self._header_bytes = 0
+        self._header_count = 0
+        self._meter = BodyMeter(self.limits)
+        # Set by a parser callback that refuses the request, read once feed_data raises:
+        # the error and whether it concerns a body (True) or a head (False).
+        self._failure: tuple[RequestError, bool] | None = None
+        self._rejected = False
+        self._ignore_input = False
+        self._drained = 0
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Start serving a connection; the first head's deadline starts now."""
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Drop this connection's timers, then let uvicorn end the request cycle."""
+        for timer in (self._head_timer, self._body_timer, self._linger_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = self._linger_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser, counting head bytes; refuse the request on a cap or parse error."""
+        if self._rejected:
+            # Lingering close: drop what the client still sends (see _LINGER_S).
+            self._drained += len(data)
+            if self._drained > _LINGER_MAX_BYTES:
+                self.transport.close()
+            return
+        if self._ignore_input:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # The node serves no protocol upgrades: the head went to the application as
+            # plain HTTP, but what follows it is not HTTP, so the connection ends with
+            # this response.
+            self._ignore_input = True
+            if self.cycle is not None:
+                self.cycle.keep_alive = False
+            return
+        except httptools.HttpParserError as exc:
+            failure = self._failure
+            self._failure = None
+            if failure is None:
+                logger.debug("malformed HTTP request from %s: %s", self.client, exc)
+                failure = (RequestError(f"malformed HTTP request: {exc}"), not self._in_head)
+            self._reject(*failure)
+            return
+        if self._in_head and self._head_bytes > self.limits.max_head_bytes:
+            self._reject(
+                HeadersTooLarge(
+                    f"the request head is more than {self.limits.max_head_bytes} bytes; "
+                    "send a shorter URL or fewer and smaller headers"
+                ),
+                False,
+            )
+
+    def on_response_complete(self) -> None:
+        """A response is out: the next head's deadline starts now (unless one is queued)."""
+        super().on_response_complete()
+        self._maybe_arm_head_timer()
+
+    # -- httptools parser callbacks ----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        """A new request starts: reset the per-request counters."""
+        super().on_message_begin()
+        self._in_head = True
+        self._head_started = True
+        self._url_bytes = self._header_bytes = self._header_count = 0
+        if self._head_deadline is None:
+            # A pipelined request started while the previous one is still being served.
+            self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        """Count target bytes as they arrive (414 past the cap)."""
+        self._url_bytes += len(url)
+        if self._url_bytes > self.limits.max_url_bytes:
+            try:
+                check_url(self._url_bytes, self.limits)
+            except RequestError as exc:
+                raise self._fail(exc, in_body=False) from None
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Count headers and their bytes (431 past either cap)."""
+        self._header_count += 1
+        self._header_bytes += len(name) + len(value)
+        limits = self.limits
+        if self._header_count > limits.max_headers or self._header_bytes > limits.max_header_bytes:
+            try:
+                check_header_size(self._header_bytes, self._header_count, limits)
+            except RequestError as exc:
+                raise self._fail(exc, in_body=False) from None
+        if not self._in_head:
+            # A chunked trailer field. uvicorn would append it to the request's headers,
+            # which the application may read later: that would let a client add headers
+            # (a second Host, ...) after the head was checked. Trailers are dropped.
+            return
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        """Check the complete head (400/413) before uvicorn starts the application."""
+        self._cancel_head_timer()
+        self._in_head = False
+        try:
+            framing = check_head(
+                self.parser.get_method().decode("ascii", "replace"),
+                self._url_bytes,
+                self.headers,
+                self.limits,
+            )
+        except RequestError as exc:
+            raise self._fail(exc, in_body=False) from None
+        self._meter = BodyMeter(self.limits)
+        # Handed to node.asgi_front, which then skips its own (identical) head check.
+        self.scope[FRAMING_SCOPE_KEY] = framing  # type: ignore[literal-required]
+        super().on_headers_complete()
+        if framing.has_body:
+            self._body_timer = self.loop.call_later(
+                self.limits.body_timeout_s, self._on_body_timeout
+            )
+
+    def on_body(self, body: bytes) -> None:
+        """Count body bytes as they arrive (413 the moment the cap is crossed)."""
+        try:
+            self._meter.feed(len(body))
+        except RequestError as exc:
+            raise self._fail(exc, in_body=True) from None
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        """The body is in: stop its deadline; the connection is between requests again."""
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        self._in_head = True
+        self._head_started = False
+        self._head_bytes = 0
+        super().on_message_complete()
+        # The handler may have answered before the body was in (then no response
+        # completion is left to arm the next head's deadline).
+        self._maybe_arm_head_timer()
+
+    # -- deadlines and refusals ------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        self._head_deadline = self.loop.time() + self.limits.header_timeout_s
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_at(self._head_deadline, self._on_head_timer)
+
+    def _cancel_head_timer(self) -> None:
+        self._head_deadline = None
+
+    def _maybe_arm_head_timer(self) -> None:
+        if (
+            self._head_deadline is None
+            and self._in_head
+            and not self._rejected
+            and not self.transport.is_closing()
+            and (self.cycle is None or self.cycle.response_complete)
+        ):
+            self._arm_head_timer()
+
+    def _on_head_timer(self) -> None:
+        self._head_timer = None
+        deadline = self._head_deadline
+        if deadline is None or self.transport.is_closing():
+            return
+        if self.loop.time() < deadline:
+            self._head_timer = self.loop.call_at(deadline, self._on_head_timer)
+            return
+        self._head_deadline = None
+        if self._head_started or self._head_bytes:
+            self._reject(
+                RequestTimeout(
+                    "the request head did not arrive within "
+                    f"{self.limits.header_timeout_s:g} s; send it faster"
+                ),
+                False,
+            )
+        else:
+            self.transport.close()  # an idle keep-alive connection
+
+    def _on_body_timeout(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        if self.flow.read_paused:
+            # The application has not consumed what already arrived: the node, not the
+            # client, is behind, so the client gets another period.
+            self._body_timer = self.loop.call_later(
+                self.limits.body_timeout_s, self._on_body_timeout
+            )
+            return
+        self._reject(
+            RequestTimeout(
+                "the request body did not arrive within "
+                f"{self.limits.body_timeout_s:g} s; send it faster"
+            ),
+            True,
+        )
+
+    def _fail(self, exc: RequestError, *, in_body: bool) -> RequestError:
+        # Raised out of a parser callback; httptools turns it into an
+        # HttpParserCallbackError out of feed_data, which data_received handles.
+        self._failure = (exc, in_body)
+        return exc
+
+    def _reject(self, exc: RequestError, in_body: bool) -> None:
+        """Answer ``exc`` if this request has not been answered yet, then close."""
+        if self._rejected or self.transport.is_closing():
+            return
+        self._rejected = True
+        self._cancel_head_timer()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        self._unset_keepalive_if_required()
+        cycle = self.cycle
+        if in_body:
+            # The failing request is the current cycle: answer unless it already is.
+            answer = cycle is not None and not cycle.response_started
+        else:
+            # A new request: answer unless an earlier response is still being written.
+            answer = cycle is None or cycle.response_complete
+        if cycle is not None and not cycle.response_complete:
+            # The handler's body read now fails and its response is dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if not answer:
+            self.transport.close()
+            return
+        self.transport.write(render_error(exc, self.server_state.default_headers))
+        if self.flow.read_paused:
+            self.flow.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._linger_timer = self.loop.call_later(_LINGER_S, self.transport.close)
+
+
+def protocol_class(limits: HttpLimits) -> type[NodeHttpToolsProtocol]:
+    """A ``NodeHttpToolsProtocol`` subclass enforcing ``limits`` (for ``Config(http=...)``)."""
+
+    class BoundNodeHttpToolsProtocol(NodeHttpToolsProtocol):
+        pass
+
+    BoundNodeHttpToolsProtocol.limits = limits
+    return BoundNodeHttpToolsProtocol

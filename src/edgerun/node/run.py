@@ -1,0 +1,148 @@
+"""Run an edge node: load projects, serve them, and (in dev) reload on change.
+
+This is what ``edgerun dev`` and ``edgerun node`` call. Projects are validated before
+anything listens, so a bad ``edgerun.toml`` fails fast with file, line and reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from edgerun.config import ProjectConfig, load_project
+from edgerun.edge.geo import GeoResolver
+from edgerun.errors import EdgerunError
+from edgerun.node.app import Node
+from edgerun.node.deployment import Deployment
+from edgerun.node.server import serve
+from edgerun.node.state import default_state_dir
+from edgerun.runtime.loader import unload
+from edgerun.security.limits import HttpLimits
+
+__all__ = ["NodeOptions", "run_node"]
+
+log = logging.getLogger("edgerun.node")
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """Everything ``run_node`` needs; the CLI fills it from its flags."""
+
+    projects: Sequence[Path]
+    host: str = "127.0.0.1"
+    port: int = 8787
+    server: Literal["uvicorn", "granian"] = "uvicorn"
+    state_dir: Path | None = None
+    dev: bool = False
+    reload: bool = False
+    debug: bool = False
+    country: str | None = None
+    region: str | None = None
+    pop: str | None = None
+    trusted_proxies: Sequence[str] = ()
+    trust_geo_headers: bool = False
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+
+
+def _state_for(config: ProjectConfig, opts: NodeOptions) -> Path:
+    if opts.state_dir is None:
+        return default_state_dir(config.root)
+    if len(opts.projects) == 1:
+        return opts.state_dir
+    # Several projects under one --state-dir each get their own subdirectory, so a
+    # deployment never sees another's KV file or secrets.
+    return opts.state_dir / config.name
+
+
+async def _open(config: ProjectConfig, opts: NodeOptions) -> Deployment:
+    return await Deployment.open(config, state_dir=_state_for(config, opts), debug=opts.debug)
+
+
+async def run_node(opts: NodeOptions, *, on_ready: Callable[[str, int], None]) -> None:
+    """Load every project, then serve until SIGINT/SIGTERM.
+
+    Raises ``ConfigError``/``EntrypointError`` before listening if a project is bad.
+    """
+    configs = [load_project(p) for p in opts.projects]
+    geo = GeoResolver(
+        trusted_proxies=opts.trusted_proxies,
+        trust_geo_headers=opts.trust_geo_headers,
+        dev=opts.dev,
+        dev_country=opts.country,
+        dev_region=opts.region,
+        pop=opts.pop,
+    )
+    node = Node(geo=geo, debug=opts.debug)
+    for config in configs:
+        await node.replace(await _open(config, opts))
+    watcher: asyncio.Task[None] | None = None
+    if opts.reload:
+        watcher = asyncio.create_task(_watch(node, configs, opts))
+    try:
+        await serve(
+            node.dispatch,
+            host=opts.host,
+            port=opts.port,
+            server=opts.server,
+            limits=opts.http_limits,
+            on_ready=on_ready,
+        )
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        await node.close()
+
+
+async def _watch(node: Node, configs: list[ProjectConfig], opts: NodeOptions) -> None:
+    """Reload a project when a file under its root changes, keeping the port open.
+
+    A broken edit (bad config, syntax error) is reported and the previous version
+    keeps serving, so a typo never takes the dev server down.
+    """
+    from watchfiles import awatch
+
+    roots = {c.root.resolve(): c for c in configs}
+    ignored = {".edgerun", "__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache"}
+
+    def interesting(_change: object, path: str) -> bool:
+        p = Path(path).resolve()
+        for root in roots:
+            if p.is_relative_to(root):
+                return not any(part in ignored for part in p.relative_to(root).parts)
+        return False
+
+    announced = False
+    # yield_on_timeout makes awatch yield an empty set once its watcher is running, so
+    # "watching" is printed only when an edit made from then on is sure to be seen.
+    async for changes in awatch(
+        *roots, watch_filter=interesting, yield_on_timeout=True, rust_timeout=500
+    ):
+        if not announced:
+            announced = True
+            print(f"edgerun: watching for changes in {len(roots)} project(s)", flush=True)
+        if not changes:
+            continue
+        changed = {Path(p).resolve() for _, p in changes}
+        for root, old in roots.items():
+            if not any(root in p.parents or p == root for p in changed):
+                continue
+            try:
+                config = load_project(old.file)
+                unload(root)
+                deployment = await _open(config, opts)
+            except EdgerunError as exc:
+                log.error(
+                    "reload of %s failed, still serving the previous version: %s", old.name, exc
+                )
+                continue
+            except Exception:
+                log.exception("reload of %s failed, still serving the previous version", old.name)
+                continue
+            await node.replace(deployment)
+            roots[root] = config
+            log.info("reloaded %s", config.name)
+            print(f"edgerun: reloaded {config.name}", flush=True)

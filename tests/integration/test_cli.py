@@ -1,0 +1,162 @@
+"""The edgerun CLI as a user runs it: subprocesses, real files, real nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def edgerun(*args: str, input: str | None = None, cwd: Path | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "edgerun", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+COMMANDS = [
+    [],
+    ["init"],
+    ["dev"],
+    ["node"],
+    ["kv"],
+    ["kv", "get"],
+    ["kv", "put"],
+    ["kv", "list"],
+    ["kv", "delete"],
+    ["secret"],
+    ["secret", "put"],
+    ["secret", "list"],
+    ["secret", "delete"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "edgerun")
+def test_every_command_has_help(command):
+    r = edgerun(*command, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "Usage:" in r.stdout
+
+
+def test_init_creates_a_project_that_runs(tmp_path, edgerun_node):
+    r = edgerun("init", "hello-edge", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    project = tmp_path / "hello-edge"
+    assert 'name = "hello-edge"' in (project / "edgerun.toml").read_text()
+    node = edgerun_node(project, country="DE")
+    first = node.client.get("/x").json()
+    assert first["message"] == "Hello from edgerun"
+    assert first["country"] == "DE"
+    assert first["visits"] == 1
+    assert node.client.get("/x").json()["visits"] == 2
+
+
+def test_init_refuses_bad_name_and_existing_dir(tmp_path):
+    r = edgerun("init", "Bad_Name", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "invalid project name" in r.stderr
+    assert "Traceback" not in r.stderr
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    r = edgerun("init", "taken", cwd=tmp_path)
+    assert r.returncode == 1 and "not empty" in r.stderr
+
+
+def _project(tmp_path: Path, toml: str, app: str = "") -> Path:
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "edgerun.toml").write_text(toml)
+    (project / "app.py").write_text(
+        app
+        or (
+            "from edgerun import Response\n"
+            "async def fetch(request, env):\n"
+            "    return Response.json({'secret_len': len(env.TOKEN), 'repr': repr(env.TOKEN)})\n"
+        )
+    )
+    return project
+
+
+def test_bad_config_names_file_line_and_reason_without_traceback(tmp_path):
+    project = _project(tmp_path, 'name = "p"\n\n[limits]\ncpu_msec = 5\n')
+    r = edgerun("dev", str(project), "--port", "0")
+    assert r.returncode == 1
+    assert "edgerun.toml:4" in r.stderr
+    assert "cpu_msec" in r.stderr and "cpu_ms" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_debug_flag_shows_traceback(tmp_path):
+    project = _project(tmp_path, 'name = "p"\n\n[limits]\ncpu_msec = 5\n')
+    r = edgerun("--debug", "dev", str(project), "--port", "0")
+    assert r.returncode != 0
+    assert "Traceback" in r.stderr
+
+
+def test_kv_cli_round_trip_and_errors(tmp_path):
+    project = _project(tmp_path, 'name = "p"\n[[kv]]\nbinding = "KV"\n')
+    base = ["--binding", "KV", str(project)]
+    assert (
+        edgerun("kv", "put", "greeting", "hello", *base, "--metadata", '{"v": 1}').returncode == 0
+    )
+    got = edgerun("kv", "get", "greeting", *base)
+    assert got.returncode == 0 and got.stdout == "hello\n"
+    listed = json.loads(edgerun("kv", "list", *base, "--json").stdout)
+    assert listed["keys"] == [{"name": "greeting", "expiration": None, "metadata": {"v": 1}}]
+    assert edgerun("kv", "put", '["a", 1]', "x", *base, "--tuple").returncode == 0
+    listed = json.loads(
+        edgerun("kv", "list", *base, "--json", "--tuple", "--prefix", '["a"]').stdout
+    )
+    assert [k["name"] for k in listed["keys"]] == [["a", 1]]
+    assert edgerun("kv", "delete", "greeting", *base).returncode == 0
+    missing = edgerun("kv", "get", "greeting", *base)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+
+    too_long = edgerun("kv", "put", "k" * 600, "v", *base)
+    assert too_long.returncode == 1
+    assert "512" in too_long.stderr and "Traceback" not in too_long.stderr
+    bad_ttl = edgerun("kv", "put", "k", "v", *base, "--ttl", "0")
+    assert bad_ttl.returncode == 1 and "Traceback" not in bad_ttl.stderr
+    no_binding = edgerun("kv", "get", "k", "--binding", "NOPE", str(project))
+    assert no_binding.returncode == 1 and "no [[kv]] binding named 'NOPE'" in no_binding.stderr
+
+
+def test_secret_put_list_delete_never_prints_values(tmp_path, edgerun_node):
+    project = _project(tmp_path, 'name = "p"\n')
+    state = tmp_path / "state"
+    r = edgerun(
+        "secret", "put", "TOKEN", str(project), "--state-dir", str(state), input="s3cr3t-value\n"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "s3cr3t-value" not in r.stdout + r.stderr
+    mode = stat.S_IMODE(os.stat(state / "secrets.json").st_mode)
+    assert mode == 0o600
+    listed = edgerun("secret", "list", str(project), "--state-dir", str(state))
+    assert listed.stdout.split() == ["TOKEN"]
+    assert "s3cr3t-value" not in listed.stdout
+
+    node = edgerun_node(project, state_dir=state)
+    body = node.client.get("/").json()
+    assert body["secret_len"] == len("s3cr3t-value")
+    assert "s3cr3t-value" not in body["repr"]
+    assert "s3cr3t-value" not in "".join(node.output)
+
+    assert (
+        edgerun("secret", "delete", "TOKEN", str(project), "--state-dir", str(state)).returncode
+        == 0
+    )
+    gone = edgerun("secret", "delete", "TOKEN", str(project), "--state-dir", str(state))
+    assert gone.returncode == 1 and "no secret named" in gone.stderr
+    bad = edgerun("secret", "put", "1bad", str(project), "--state-dir", str(state), input="v")
+    assert bad.returncode == 1 and "invalid secret name" in bad.stderr
