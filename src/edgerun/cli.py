@@ -71,8 +71,15 @@ def _guard(fn: Callable[[], T]) -> T:
         raise _fail(message) from None
 
 
-def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    return _guard(lambda: asyncio.run(coro_fn()))
+def _run(
+    coro_fn: Callable[[], Coroutine[Any, Any, T]],
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> T:
+    def go() -> T:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(coro_fn())
+
+    return _guard(go)
 
 
 @app.callback()
@@ -85,6 +92,8 @@ def _root(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO; the control commands print their own result.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 ProjectDir = Annotated[
@@ -93,6 +102,13 @@ ProjectDir = Annotated[
 StateDirOpt = Annotated[
     Path | None,
     typer.Option("--state-dir", help="Where KV data and secrets live (default: DIR/.edgerun)."),
+]
+
+
+_URL_ENV = "EDGERUN_CONTROL"
+_TOKEN_ENV = "EDGERUN_TOKEN"
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", help="API token (or $EDGERUN_TOKEN).", envvar=_TOKEN_ENV)
 ]
 
 
@@ -138,13 +154,16 @@ def init(
 
 def _serve(opts: Any) -> None:
     from edgerun.node.run import run_node
+    from edgerun.node.server import loop_factory
 
     def ready(host: str, port: int) -> None:
         # The exact line test fixtures wait for; keep it stable.
         print(f"edgerun: ready on http://{host}:{port}", flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
-        _run(lambda: run_node(opts, on_ready=ready))
+        # The node's loop is uvloop (when installed): its transports and timers are C,
+        # which roughly halves the per-request cost of the event loop itself.
+        _run(lambda: run_node(opts, on_ready=ready), loop_factory=loop_factory())
 
 
 ServerOpt = Annotated[
@@ -162,6 +181,9 @@ HeaderTimeoutOpt = Annotated[
 BodyTimeoutOpt = Annotated[
     float, typer.Option("--body-timeout", help="Seconds a client has to send its body.")
 ]
+
+
+AccessLogOpt = Annotated[bool, typer.Option(help="Log one line per request to stderr.")]
 
 
 def _http_limits(max_body: int, header_timeout: float, body_timeout: float) -> Any:
@@ -195,6 +217,7 @@ def dev(
     max_body_bytes: MaxBodyOpt = 16 * 1024 * 1024,
     header_timeout: HeaderTimeoutOpt = 10.0,
     body_timeout: BodyTimeoutOpt = 30.0,
+    access_log: AccessLogOpt = True,
 ) -> None:
     """Serve a project locally, reloading on change; geo headers are honoured (dev only)."""
     from edgerun.node.run import NodeOptions
@@ -211,6 +234,7 @@ def dev(
         country=country.upper() if country else None,
         region=region,
         pop="dev",
+        access_log=access_log,
         http_limits=_http_limits(max_body_bytes, header_timeout, body_timeout),
     )
     _serve(opts)
@@ -218,11 +242,28 @@ def dev(
 
 @app.command()
 def node(
-    projects: Annotated[list[Path], typer.Argument(help="Project directories to serve.")],
+    projects: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Project directories to serve (optional with a control plane)."),
+    ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8787,
     server: ServerOpt = "uvicorn",
     state_dir: StateDirOpt = None,
+    embedded_control: Annotated[
+        bool,
+        typer.Option(
+            "--embedded-control",
+            help="Also run the control plane in this process, at /__edgerun/control.",
+        ),
+    ] = False,
+    control: Annotated[
+        str | None,
+        typer.Option("--control", help="Follow the control plane at this URL.", envvar=_URL_ENV),
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="A node-scoped token for --control.", envvar=_TOKEN_ENV)
+    ] = None,
     pop: Annotated[str | None, typer.Option(help="Name of this edge location.")] = None,
     trusted_proxy: Annotated[
         list[str] | None,
@@ -235,12 +276,22 @@ def node(
         bool,
         typer.Option(help="Also trust geo headers (cf-ipcountry, ...) from trusted proxies."),
     ] = False,
+    access_log: AccessLogOpt = False,
 ) -> None:
-    """Run a production edge node serving one or more projects by route."""
+    """Run a production edge node serving projects by route (from dirs or a control plane)."""
     from edgerun.node.run import NodeOptions
 
+    if embedded_control and control:
+        raise _fail("use either --embedded-control or --control URL, not both")
+    if control and not token:
+        raise _fail(f"--control needs --token (a node-scoped token) or ${_TOKEN_ENV}")
+    if not projects and not (embedded_control or control):
+        raise _fail("give project directories, --embedded-control, or --control URL")
     opts = NodeOptions(
-        projects=projects,
+        projects=projects or [],
+        embedded_control=embedded_control,
+        control_url=control,
+        control_token=token,
         host=host,
         port=port,
         server=_server(server),
@@ -251,9 +302,70 @@ def node(
         pop=pop,
         trusted_proxies=tuple(trusted_proxy or ()),
         trust_geo_headers=trust_geo_headers,
+        access_log=access_log,
         http_limits=_http_limits(max_body_bytes, header_timeout, body_timeout),
     )
     _serve(opts)
+
+
+# -- usage --------------------------------------------------------------------------
+
+
+@app.command()
+def usage(
+    url: Annotated[
+        str, typer.Option(help="The node to ask (its /__edgerun/usage answers local callers).")
+    ] = "http://127.0.0.1:8787",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    remote: Annotated[
+        str | None,
+        typer.Option(
+            "--remote", help="Ask a control plane instead (all nodes summed).", envvar=_URL_ENV
+        ),
+    ] = None,
+    token: TokenOpt = None,
+) -> None:
+    """Show per-deployment usage of a running node: requests, CPU-ms, bytes, errors."""
+    import httpx
+
+    def fetch() -> Any:
+        if remote is not None:
+            return _api(remote, token, "GET", "/usage")["deployments"]
+        try:
+            r = httpx.get(url.rstrip("/") + "/__edgerun/usage", timeout=10.0)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the node at {url}: {exc}") from None
+        if r.status_code != 200:
+            raise CliError(f"the node at {url} answered {r.status_code}: {r.text[:200]}")
+        return r.json()["deployments"]
+
+    data = _guard(fetch)
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return
+    table = Table(
+        "deployment",
+        "requests",
+        "cpu ms",
+        "wall ms",
+        "bytes in",
+        "bytes out",
+        "cold starts",
+        "errors",
+    )
+    for name, u in data.items():
+        errors = ", ".join(f"{k}={v}" for k, v in u["errors"].items()) or "-"
+        table.add_row(
+            name,
+            str(u["requests"]),
+            f"{u['cpu_ms']:.1f}",
+            f"{u['wall_ms']:.1f}",
+            str(u["bytes_in"]),
+            str(u["bytes_out"]),
+            str(u["cold_starts"]),
+            errors,
+        )
+    out.print(table)
 
 
 # -- kv -----------------------------------------------------------------------------
@@ -415,6 +527,11 @@ def secret_put(
     name: Annotated[str, typer.Argument(help="Secret name (a Python identifier).")],
     project: ProjectDir = Path("."),
     state_dir: StateDirOpt = None,
+    remote: Annotated[
+        str | None,
+        typer.Option("--remote", help="Store it in this control plane instead.", envvar=_URL_ENV),
+    ] = None,
+    token: TokenOpt = None,
 ) -> None:
     """Set secret NAME; the value is read from stdin (prompted, hidden, on a terminal)."""
     from edgerun.control.secrets import SecretStore, validate_secret_name
@@ -426,6 +543,11 @@ def secret_put(
         value = sys.stdin.read().rstrip("\r\n")
     if not value:
         raise _fail("the secret value is empty")
+    if remote is not None:
+        target = _project_name(project)
+        _api(remote, token, "PUT", f"/projects/{target}/secrets/{name}", json={"value": value})
+        out.print(f"[green]stored secret[/] {name} for {target} on {remote}")
+        return
     store = SecretStore(_state_dir(project, state_dir))
     _guard(lambda: store.put(name, value))
     out.print(f"[green]stored secret[/] {name}")
@@ -452,6 +574,250 @@ def secret_delete(
     if not _guard(lambda: SecretStore(_state_dir(project, state_dir)).delete(name)):
         raise _fail(f"no secret named {name!r}")
     out.print(f"[green]deleted secret[/] {name}")
+
+
+# -- control plane: control, token, deploy, versions, promote, rollback, split -------
+#
+# The control API lives at <URL>/__edgerun/control/v1 on `edgerun control` and on a
+# node started with --embedded-control alike, so --to is always just the server URL.
+# ROUTE in `edgerun split` is the project name: a split applies to every route of
+# the project (routes belong to versions, and a split is between versions).
+
+token_app = typer.Typer(help="Create control-plane API tokens.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+ToOpt = Annotated[
+    str, typer.Option("--to", help="Control plane URL (or $EDGERUN_CONTROL).", envvar=_URL_ENV)
+]
+ProjectOpt = Annotated[
+    str | None,
+    typer.Option("--project", "-p", help="Project name (default: from ./edgerun.toml)."),
+]
+ControlStateOpt = Annotated[
+    Path,
+    typer.Option("--state-dir", help="Where the control plane keeps its database and bundles."),
+]
+
+
+def _api(url: str, token: str | None, method: str, path: str, **kwargs: Any) -> Any:
+    """Call the control API; any failure becomes a one-line ``CliError``."""
+    import httpx
+
+    from edgerun.control.api import CONTROL_PREFIX
+
+    if not token:
+        raise _fail(f"a token is required: --token or ${_TOKEN_ENV}")
+    target = url.rstrip("/") + CONTROL_PREFIX + "/v1" + path
+
+    def call() -> Any:
+        try:
+            r = httpx.request(
+                method,
+                target,
+                headers={"authorization": f"Bearer {token}"},
+                timeout=httpx.Timeout(120.0, connect=10.0),
+                **kwargs,
+            )
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the control plane at {url}: {exc}") from None
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        if r.status_code >= 400:
+            error = body.get("error", {}) if isinstance(body, dict) else {}
+            message = error.get("message") or r.text[:200]
+            raise CliError(f"{error.get('code', r.status_code)}: {message}")
+        return body
+
+    return _guard(call)
+
+
+def _project_name(project: Path | str | None) -> str:
+    """A project name: given, or read from the edgerun.toml of a directory (default .)."""
+    from edgerun.config import load_project
+
+    if isinstance(project, str):
+        return project
+    directory = project if project is not None else Path(".")
+    return _guard(lambda: load_project(directory)).name
+
+
+@app.command("control")
+def control_server(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8788,
+    state_dir: ControlStateOpt = Path(".edgerun-control"),
+) -> None:
+    """Run the control plane: deploy API, versions, splits, secrets, tokens."""
+    from edgerun.node.control_host import run_control
+
+    def ready(h: str, p: int) -> None:
+        print(f"edgerun: ready on http://{h}:{p}", flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(lambda: run_control(host=host, port=port, state_dir=state_dir, on_ready=ready))
+
+
+@token_app.command("create")
+def token_create(
+    scope: Annotated[str, typer.Option(help="read, deploy, admin or node.")],
+    name: Annotated[str | None, typer.Option(help="Who it is for (shown as author).")] = None,
+    state_dir: ControlStateOpt = Path(".edgerun-control"),
+) -> None:
+    """Create an API token in a control plane's state dir; it is printed once, stored hashed.
+
+    For a node with --embedded-control, use its state dir plus /control.
+    """
+    from edgerun.control.store import ControlStore
+
+    def create() -> str:
+        store = ControlStore(state_dir)
+        try:
+            token, owner = store.create_token(scope, name)
+        finally:
+            store.close()
+        err.print(f"created {owner.scope} token {owner.name!r} (shown once; keep it secret)")
+        return token
+
+    print(_guard(create))
+
+
+@app.command()
+def deploy(
+    project: ProjectDir = Path("."),
+    to: ToOpt = "http://127.0.0.1:8788",
+    token: TokenOpt = None,
+    message: Annotated[str, typer.Option("--message", "-m", help="Why (kept with it).")] = "",
+    activate: Annotated[
+        bool, typer.Option(help="Make it the active version (else only upload).")
+    ] = True,
+) -> None:
+    """Bundle a project, upload it, and (by default) make it the serving version."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from edgerun.control.pack import pack_project
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=err
+    ) as progress:
+        build = progress.add_task("build ", total=None)
+        packed = _guard(lambda: pack_project(project))
+        progress.update(build, total=packed.size, completed=packed.size)
+        upload = progress.add_task("upload", total=len(packed.data))
+
+        def chunks() -> Any:
+            step = 64 * 1024
+            for i in range(0, len(packed.data), step):
+                chunk = packed.data[i : i + step]
+                yield chunk
+                progress.advance(upload, len(chunk))
+
+        body = _api(
+            to,
+            token,
+            "POST",
+            "/versions",
+            params={"message": message, "activate": "1" if activate else "0"},
+            content=chunks(),
+        )
+    version = body["version"]
+    state = "new" if body["created"] else "unchanged content"
+    live = "active" if body["project"]["active"] == version["id"] else "uploaded, not active"
+    out.print(
+        f"[green]deployed[/] {version['project']} [bold]{version['id']}[/] ({state}, {live}) "
+        f"to {to}"
+    )
+    print(version["id"])
+
+
+@app.command()
+def versions(
+    project: ProjectOpt = None,
+    to: ToOpt = "http://127.0.0.1:8788",
+    token: TokenOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List a project's versions, newest first; the active one is marked."""
+    import datetime
+
+    name = _project_name(project)
+    body = _api(to, token, "GET", f"/projects/{name}/versions")
+    if as_json:
+        print(json.dumps(body, indent=2))
+        return
+    split = (body["project"].get("split") or {}).get("weights") or {}
+    table = Table("", "version", "created", "by", "traffic", "message")
+    for v in body["versions"]:
+        when = datetime.datetime.fromtimestamp(v["created"]).strftime("%Y-%m-%d %H:%M:%S")
+        traffic = (
+            f"{split[v['id']]}%"
+            if v["id"] in split
+            else ("100%" if v["active"] and not split else "")
+        )
+        table.add_row("*" if v["active"] else "", v["id"], when, v["author"], traffic, v["message"])
+    out.print(table)
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="The version id to serve.")],
+    project: ProjectOpt = None,
+    to: ToOpt = "http://127.0.0.1:8788",
+    token: TokenOpt = None,
+) -> None:
+    """Make VERSION the active version (clears any split)."""
+    name = _project_name(project)
+    body = _api(to, token, "POST", f"/projects/{name}/promote", json={"version": version})
+    out.print(f"[green]{name} now serves[/] {body['project']['active']}")
+
+
+@app.command()
+def rollback(
+    version: Annotated[
+        str | None, typer.Argument(help="Version to return to (default: the previous one).")
+    ] = None,
+    project: ProjectOpt = None,
+    to: ToOpt = "http://127.0.0.1:8788",
+    token: TokenOpt = None,
+) -> None:
+    """Serve the previously active version again (or VERSION)."""
+    name = _project_name(project)
+    payload = {"version": version} if version else {}
+    body = _api(to, token, "POST", f"/projects/{name}/rollback", json=payload)
+    out.print(f"[green]{name} rolled back to[/] {body['project']['active']}")
+    print(body["project"]["active"])
+
+
+@app.command()
+def split(
+    route: Annotated[str, typer.Argument(help="The project name (its routes are split).")],
+    weights: Annotated[
+        list[str] | None, typer.Argument(help="VERSION=PERCENT pairs summing to 100.")
+    ] = None,
+    key: Annotated[
+        str, typer.Option(help="Stickiness key: cookie, or header:<name> (e.g. a user id).")
+    ] = "cookie",
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the split.")] = False,
+    to: ToOpt = "http://127.0.0.1:8788",
+    token: TokenOpt = None,
+) -> None:
+    """Split a project's traffic between versions, sticky per client."""
+    if clear:
+        _api(to, token, "DELETE", f"/projects/{route}/split")
+        out.print(f"[green]split removed[/]: {route} serves its active version")
+        return
+    parsed: dict[str, int] = {}
+    for item in weights or []:
+        version, sep, percent = item.partition("=")
+        if not sep or not percent.strip().isdigit():
+            raise _fail(f"{item!r} is not VERSION=PERCENT (e.g. v1a2b3c4d5e6f=90)")
+        parsed[version.strip()] = int(percent)
+    if not parsed:
+        raise _fail("give VERSION=PERCENT pairs, or --clear")
+    _api(to, token, "PUT", f"/projects/{route}/split", json={"weights": parsed, "key": key})
+    shares = ", ".join(f"{v} {w}%" for v, w in parsed.items())
+    out.print(f"[green]split[/] {route}: {shares} (sticky by {key})")
 
 
 def main() -> None:

@@ -49,7 +49,9 @@ __all__ = [
     "KVBackend",
     "KVConfig",
     "LimitsConfig",
+    "Mode",
     "ProjectConfig",
+    "ScalingConfig",
     "VarValue",
     "load_project",
     "parse_project",
@@ -60,6 +62,9 @@ CONFIG_FILENAME: Final = "edgerun.toml"
 
 VarValue: TypeAlias = str | int | float | bool | list["VarValue"] | dict[str, "VarValue"]
 """A ``[vars]`` value: JSON-like, as in Workers (TOML dates and times are rejected)."""
+
+Mode: TypeAlias = Literal["isolated", "inprocess"]
+"""How a deployment's code runs: worker processes (default) or the node's own loop."""
 
 KVBackend: TypeAlias = Literal["sqlite", "memory"]
 """Where a KV namespace lives on a single node (NATS-backed KV is chosen per region)."""
@@ -72,12 +77,23 @@ _LIMIT_BOUNDS: Final[dict[str, tuple[int, int]]] = {
     "cpu_ms": (1, 600_000),
     "wall_ms": (1, 900_000),
     "memory_mb": (16, 65_536),
+    "max_concurrency": (1, 10_000),
 }
+# [scaling]: integer keys with their bounds; idle_s (a number) and keep_zygote (a
+# bool) are checked on their own.
+_SCALING_BOUNDS: Final[dict[str, tuple[int, int]]] = {
+    "target_concurrency": (1, 10_000),
+    "min_workers": (0, 256),
+    "max_workers": (1, 256),
+}
+_SCALING_KEYS: Final = (*_SCALING_BOUNDS, "idle_s", "keep_zygote")
+_IDLE_S_MAX: Final = 86_400.0
+_MODES: Final[dict[str, Mode]] = {"isolated": "isolated", "inprocess": "inprocess"}
 _DEFAULT_CACHE_BYTES: Final = 64 * _MIB
 _CACHE_MAX_BYTES_BOUNDS: Final = (1, 64 * 1024 * _MIB)
 _VAR_MAX_DEPTH: Final = 32
 
-_TOP_KEYS: Final = ("name", "main", "routes", "limits", "vars", "kv", "cache")
+_TOP_KEYS: Final = ("name", "main", "mode", "routes", "limits", "scaling", "vars", "kv", "cache")
 _KV_KEYS: Final = ("binding", "namespace", "backend")
 _CACHE_KEYS: Final = ("binding", "max_bytes")
 _KV_BACKENDS: Final[dict[str, KVBackend]] = {"sqlite": "sqlite", "memory": "memory"}
@@ -104,14 +120,37 @@ class LimitsConfig:
     """Per-request limits (``[limits]``): CPU time, wall time and worker memory.
 
     ``cpu_ms`` (1..600000, default 50) and ``wall_ms`` (1..900000, default 30000) bound
-    one request; ``memory_mb`` (16..65536, default 128) bounds one worker process.
-    Going over one fails the request with ``exceeded_cpu`` / ``exceeded_wall`` /
-    ``exceeded_memory``.
+    one request; ``memory_mb`` (16..65536, default 128) bounds one worker process: in
+    the isolated mode it is the address space a worker may add on top of the zygote
+    image it was forked from. Going over one fails the request with ``exceeded_cpu`` /
+    ``exceeded_wall`` / ``exceeded_memory``. ``max_concurrency`` (1..10000, default 16)
+    is the most requests one worker runs at once; more wait in a bounded queue.
     """
 
     cpu_ms: int = 50
     wall_ms: int = 30_000
     memory_mb: int = 128
+    max_concurrency: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingConfig:
+    """How a deployment's worker pool grows and shrinks (``[scaling]``, isolated mode).
+
+    A new worker is forked while the in-flight requests per worker exceed
+    ``target_concurrency`` (1..10000, default 4, at most ``limits.max_concurrency``), up
+    to ``max_workers`` (1..256, default 4); ``min_workers`` (0..256, default 0, at most
+    ``max_workers``) stay up even when idle. A worker idle for ``idle_s`` seconds (a
+    number, 0 < idle_s <= 86400, default 60) is reaped; with ``min_workers = 0`` the
+    pool then scales to zero. ``keep_zygote`` (default true) keeps the deployment's
+    zygote when the pool is at zero, so a cold start is a fork, not an interpreter start.
+    """
+
+    target_concurrency: int = 4
+    min_workers: int = 0
+    max_workers: int = 4
+    idle_s: float = 60.0
+    keep_zygote: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,10 +185,13 @@ class ProjectConfig:
     ``name``: 1..63 lowercase letters, digits and ``-``. ``main``: the entry file
     (``"app.py"``, relative to ``root``) or module (``"app"``, ``"pkg.module:app"``).
     ``routes``: ``host/path`` patterns (see :mod:`edgerun.edge.routes`); the default
-    ``("*/*",)`` serves everything. ``vars``: read-only mapping of plain values (nested
-    arrays/tables are plain lists/dicts: copy before mutating). ``kv`` and ``cache``:
-    bindings in file order. ``root``: the absolute project directory; ``file``: the
-    absolute config path. Binding and var names are unique Python identifiers.
+    ``("*/*",)`` serves everything. ``mode``: ``"isolated"`` (default: worker processes,
+    every limit enforced) or ``"inprocess"`` (trusted code on the node's loop).
+    ``scaling``: the worker pool's autoscaling (isolated mode). ``vars``: read-only
+    mapping of plain values (nested arrays/tables are plain lists/dicts: copy before
+    mutating). ``kv`` and ``cache``: bindings in file order. ``root``: the absolute
+    project directory; ``file``: the absolute config path. Binding and var names are
+    unique Python identifiers.
     Constructing it directly skips validation (meant for tests).
     """
 
@@ -157,6 +199,8 @@ class ProjectConfig:
     main: str = "app.py"
     routes: tuple[str, ...] = ("*/*",)
     limits: LimitsConfig = LimitsConfig()
+    mode: Mode = "isolated"
+    scaling: ScalingConfig = ScalingConfig()
     vars: Mapping[str, VarValue] = field(default_factory=_empty_vars, hash=False)
     kv: tuple[KVConfig, ...] = ()
     cache: tuple[CacheConfig, ...] = ()
@@ -353,6 +397,18 @@ class _Checker:
         main = self.main(data["main"]) if "main" in data else "app.py"
         routes = self.routes(data["routes"]) if "routes" in data else ("*/*",)
         limits = self.limits(data["limits"]) if "limits" in data else LimitsConfig()
+        mode = self.mode(data["mode"]) if "mode" in data else "isolated"
+        scaling = self.scaling(data["scaling"]) if "scaling" in data else ScalingConfig()
+        if scaling.target_concurrency > limits.max_concurrency:
+            path = ("scaling", "target_concurrency")
+            if "target_concurrency" not in data.get("scaling", {}):
+                path = ("limits", "max_concurrency")
+            self.fail(
+                path,
+                f"scaling.target_concurrency ({scaling.target_concurrency}) must not exceed "
+                f"limits.max_concurrency ({limits.max_concurrency}): a worker would never "
+                "be busy enough to grow the pool; lower one or raise the other",
+            )
         vars_ = self.vars(data["vars"]) if "vars" in data else {}
         kv = self.kv(data["kv"]) if "kv" in data else ()
         cache = self.cache(data["cache"]) if "cache" in data else ()
@@ -362,6 +418,8 @@ class _Checker:
             main=main,
             routes=routes,
             limits=limits,
+            mode=mode,
+            scaling=scaling,
             vars=MappingProxyType(vars_),
             kv=kv,
             cache=cache,
@@ -475,6 +533,71 @@ class _Checker:
             if key in data
         }
         return LimitsConfig(**checked)
+
+    def mode(self, value: object) -> Mode:
+        choices = tuple(_MODES)
+        if not isinstance(value, str) or value not in _MODES:
+            extra = _suggest(value, choices) if isinstance(value, str) else ""
+            self.fail(
+                ("mode",),
+                f"mode must be one of {', '.join(map(repr, choices))} (got {_show(value)})" + extra,
+            )
+        return _MODES[value]
+
+    def scaling(self, value: object) -> ScalingConfig:
+        data = self.table(value, ("scaling",), "[scaling]")
+        self.unknown_keys(data, ("scaling",), "[scaling]", _SCALING_KEYS)
+        ints: dict[str, int] = {}
+        for key, (low, high) in _SCALING_BOUNDS.items():
+            if key not in data:
+                continue
+            item = data[key]
+            path = ("scaling", key)
+            if isinstance(item, bool) or not isinstance(item, int) or item < low:
+                kind = "a non-negative" if low == 0 else "a positive"
+                self.fail(path, f"scaling.{key} must be {kind} integer (got {_show(item)})")
+            if item > high:
+                self.fail(path, f"scaling.{key} must be between {low} and {high} (got {item})")
+            ints[key] = item
+        out = ScalingConfig(**ints)  # type: ignore[arg-type]
+        if out.min_workers > out.max_workers:
+            key = "min_workers" if "min_workers" in data else "max_workers"
+            self.fail(
+                ("scaling", key),
+                f"scaling.min_workers ({out.min_workers}) must not exceed scaling.max_workers "
+                f"({out.max_workers})",
+            )
+        idle_s = out.idle_s
+        if "idle_s" in data:
+            raw = data["idle_s"]
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                self.fail(
+                    ("scaling", "idle_s"),
+                    f"scaling.idle_s must be a number of seconds (got {_show(raw)})",
+                )
+            if not (math.isfinite(raw) and 0 < raw <= _IDLE_S_MAX):
+                self.fail(
+                    ("scaling", "idle_s"),
+                    f"scaling.idle_s must be more than 0 and at most {_IDLE_S_MAX:g} seconds "
+                    f"(got {raw})",
+                )
+            idle_s = float(raw)
+        keep = out.keep_zygote
+        if "keep_zygote" in data:
+            raw = data["keep_zygote"]
+            if not isinstance(raw, bool):
+                self.fail(
+                    ("scaling", "keep_zygote"),
+                    f"scaling.keep_zygote must be true or false (got {_show(raw)})",
+                )
+            keep = raw
+        return ScalingConfig(
+            target_concurrency=out.target_concurrency,
+            min_workers=out.min_workers,
+            max_workers=out.max_workers,
+            idle_s=idle_s,
+            keep_zygote=keep,
+        )
 
     def binding_name(self, value: object, path: _KeyPath, what: str) -> str:
         if not isinstance(value, str):

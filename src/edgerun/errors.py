@@ -21,6 +21,7 @@ in JSON error bodies, logs and metrics) and an HTTP ``status``::
     │   └── EntrypointError           entrypoint_invalid     500
     └── WorkerError                   worker_error           503
         ├── LimitExceeded             exceeded_<kind>        503
+        ├── Overloaded                overloaded             503
         └── WorkerCrashed             worker_crashed         502
 
 ``to_http`` is the single place that turns any exception into a status and a JSON
@@ -45,6 +46,7 @@ __all__ = [
     "LimitExceeded",
     "MalformedJSON",
     "NotFound",
+    "Overloaded",
     "PayloadTooLarge",
     "RequestError",
     "RequestTimeout",
@@ -190,6 +192,13 @@ class LimitExceeded(WorkerError):
         self.kind = kind
         self.code = f"exceeded_{kind}"
         super().__init__(message or f"the request exceeded its {kind} limit")
+
+
+class Overloaded(WorkerError):
+    """Every worker of the deployment is at its concurrency limit and the queue is full."""
+
+    code = "overloaded"
+    status = 503
 
 
 class WorkerCrashed(WorkerError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, Literal, TypeAlias
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import msgspec
 
@@ -41,6 +41,7 @@ _TOKEN_CHARS = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_TEXT_PLAIN = ("content-type", "text/plain; charset=utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,40 +89,129 @@ class Headers:
     for CR/LF/NUL so a handler cannot inject headers.
     """
 
-    __slots__ = ("_items",)
+    # ``_store`` holds the decoded pairs; a Headers made by ``_lazy`` starts with only
+    # ``_raw`` (the server's byte pairs) and decodes on first use, so a request whose
+    # headers are only looked up by name, or passed on as bytes (ASGI apps), never pays
+    # for decoding and re-encoding all of them.
+    __slots__ = ("_lower", "_raw", "_store")
 
     def __init__(self, init: HeadersInit = None) -> None:
-        self._items: list[tuple[str, str]] = []
+        self._raw: list[tuple[bytes, bytes]] | None = None
+        self._lower = True
+        self._store: list[tuple[str, str]] = []
         if init is None:
             return
         if isinstance(init, Headers):
-            self._items = list(init._items)
+            if init._raw is not None:
+                self._raw = list(init._raw)
+                self._lower = init._lower
+            else:
+                self._store = list(init._store)
             return
         pairs: Iterable[tuple[str, str]] = init.items() if isinstance(init, Mapping) else init
         for name, value in pairs:
             self.add(name, value)
 
+    @property
+    def _items(self) -> list[tuple[str, str]]:
+        raw = self._raw
+        if raw is not None:
+            self._raw = None
+            if self._lower:
+                self._store = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+            else:
+                self._store = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
+        return self._store
+
+    @_items.setter
+    def _items(self, items: list[tuple[str, str]]) -> None:
+        self._raw = None
+        self._store = items
+
     @classmethod
     def from_raw(cls, raw: Iterable[tuple[bytes, bytes]]) -> Headers:
         """Build from ASGI-style ``(name, value)`` byte pairs without re-validating them."""
         h = cls.__new__(cls)
-        h._items = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
+        h._raw = None
+        h._lower = True
+        h._store = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
         return h
+
+    @classmethod
+    def _trusted(cls, items: list[tuple[str, str]]) -> Headers:
+        """Take over ``(name, value)`` pairs whose names are already lower case (servers)."""
+        h = cls.__new__(cls)
+        h._raw = None
+        h._lower = True
+        h._store = items
+        return h
+
+    @classmethod
+    def _lazy(cls, raw: list[tuple[bytes, bytes]], *, lowercase: bool) -> Headers:
+        """Like ``from_raw``, decoding only when needed; ``raw`` is taken over, not copied.
+
+        ``lowercase`` says the names are already lower case (uvicorn's parser lowercases
+        them), which lets lookups compare bytes without decoding anything.
+        """
+        h = cls.__new__(cls)
+        h._raw = raw
+        h._lower = lowercase
+        h._store = []
+        return h
+
+    def _raw_key(self, name: str) -> bytes | None:
+        """``name`` as the bytes to look for in ``_raw`` (None: no raw header can match)."""
+        try:
+            return name.lower().encode("latin-1")
+        except UnicodeEncodeError:
+            return None
+
+    def _put(self, lname: str, value: str) -> None:
+        """``set`` for callers that pass a lowercase token name and a CR/LF/NUL-free value.
+
+        Skips the checks ``set`` makes; the node uses it for its own headers.
+        """
+        raw = self._raw
+        if raw is not None and self._lower:
+            key = lname.encode("latin-1")
+            if not any(k == key for k, _ in raw):
+                raw.append((key, value.encode("latin-1")))
+                return
+        items = self._items
+        for k, _ in items:
+            if k == lname:
+                self.set(lname, value)
+                return
+        items.append((lname, value))
 
     def raw(self) -> list[tuple[bytes, bytes]]:
         """The headers as ASGI-style lowercase ``(name, value)`` byte pairs."""
-        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self._items]
+        raw = self._raw
+        if raw is not None:
+            return list(raw) if self._lower else [(k.lower(), v) for k, v in raw]
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self._store]
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name``, or ``default``."""
-        name = name.lower()
-        for k, v in self._items:
-            if k == name:
-                return v
+        raw = self._raw
+        if raw is not None and self._lower:
+            key = self._raw_key(name)
+            for raw_name, raw_value in raw:
+                if raw_name == key:
+                    return raw_value.decode("latin-1")
+            return default
+        lname = name.lower()
+        for k, value in self._items:
+            if k == lname:
+                return value
         return default
 
     def getlist(self, name: str) -> list[str]:
         """Every value of ``name``, in order (empty if absent)."""
+        raw = self._raw
+        if raw is not None and self._lower:
+            key = self._raw_key(name)
+            return [v.decode("latin-1") for k, v in raw if k == key]
         name = name.lower()
         return [v for k, v in self._items if k == name]
 
@@ -141,6 +231,10 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
+        raw = self._raw
+        if raw is not None and self._lower:
+            key = self._raw_key(name)
+            return any(k == key for k, _ in raw)
         name = name.lower()
         return any(k == name for k, _ in self._items)
 
@@ -148,7 +242,8 @@ class Headers:
         return iter(self.keys())
 
     def __len__(self) -> int:
-        return len(self._items)
+        raw = self._raw
+        return len(raw) if raw is not None else len(self._store)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Headers):
@@ -271,12 +366,14 @@ def parse_cookie_header(value: str) -> dict[str, str]:
 class _Body:
     """A one-shot body: fixed bytes or an async chunk iterator, read at most once."""
 
-    __slots__ = ("_data", "_stream", "_used")
+    __slots__ = ("_data", "_stream", "_used", "streamed_bytes")
 
     def __init__(self, body: BodyInit) -> None:
         self._data: bytes | None
         self._stream: AsyncIterable[bytes | str] | None = None
         self._used = False
+        # Bytes that came through a streamed body, for usage metering.
+        self.streamed_bytes = 0
         if body is None:
             self._data = b""
         elif isinstance(body, bytes):
@@ -298,6 +395,11 @@ class _Body:
     def fixed(self) -> bytes | None:
         return self._data
 
+    @property
+    def size(self) -> int:
+        """Bytes of the body seen so far: all of a fixed body, what streamed of a stream."""
+        return self.streamed_bytes if self._data is None else len(self._data)
+
     async def read(self) -> bytes:
         if self._data is not None:
             return self._data
@@ -318,6 +420,7 @@ class _Body:
             if isinstance(chunk, str):
                 chunk = chunk.encode()
             if chunk:
+                self.streamed_bytes += len(chunk)
                 yield bytes(chunk)
 
 
@@ -360,6 +463,41 @@ class Request:
         self._split: Any = None
         self._query: QueryParams | None = None
         self._cookies: dict[str, str] | None = None
+
+    @classmethod
+    def _from_server(
+        cls,
+        method: str,
+        scheme: str,
+        host: str,
+        path: str,
+        query: str,
+        headers: Headers,
+        body: BodyInit,
+        ip: str | None,
+    ) -> Request:
+        """A request as a front end sees it: the URL's parts are known, so not re-parsed.
+
+        ``path`` is the request target's path as sent (percent-encoding kept) and
+        ``query`` its query string without ``?``; ``method`` is upper case.
+        """
+        self = cls.__new__(cls)
+        self.method = method
+        target = f"{path}?{query}" if query else path
+        self.url = f"{scheme}://{host}{target}"
+        self.headers = headers
+        self.ip = ip
+        self.geo = _NO_GEO
+        self._body = _Body(body)
+        self._query = None
+        self._cookies = None
+        # Only when urlsplit would find the same parts: an origin-form target without a
+        # fragment, and a host that is no IPv6 literal (urlsplit validates those).
+        if path[:1] == "/" and "#" not in target and "[" not in host and "]" not in host:
+            self._split = SplitResult(scheme, host, path, query, "")
+        else:
+            self._split = None
+        return self
 
     def _parts(self) -> Any:
         if self._split is None:
@@ -461,9 +599,14 @@ class Response:
         if not isinstance(status, int) or not 200 <= status <= 599:
             raise ValueError(f"status must be an integer from 200 to 599, got {status!r}")
         self.status = status
-        self.headers = headers.copy() if isinstance(headers, Headers) else Headers(headers)
+        if headers is None:
+            self.headers = Headers()
+        elif isinstance(headers, Headers):
+            self.headers = headers.copy()
+        else:
+            self.headers = Headers(headers)
         if isinstance(body, str) and "content-type" not in self.headers:
-            self.headers.add("content-type", "text/plain; charset=utf-8")
+            self.headers._items.append(_TEXT_PLAIN)
         self._body = _Body(body)
 
     @classmethod

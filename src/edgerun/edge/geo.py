@@ -315,6 +315,11 @@ class GeoResolver:
         self._is_trusted = functools.lru_cache(maxsize=_CACHE_SIZE)(self._is_trusted_uncached)
         self._peer = functools.lru_cache(maxsize=_CACHE_SIZE)(self._peer_uncached)
         self._lookup = functools.lru_cache(maxsize=_CACHE_SIZE)(self._lookup_uncached)
+        # Without trusted proxies and outside dev, no header can change the answer: it
+        # depends on the peer address alone, so whole answers are cached by its text.
+        self._by_peer: dict[str, tuple[str | None, Geo]] | None = (
+            None if self._trusted or dev else {}
+        )
 
     @property
     def pop(self) -> str | None:
@@ -327,6 +332,8 @@ class GeoResolver:
         if reader is not None:
             reader.close()
         self._lookup.cache_clear()
+        if self._by_peer is not None:
+            self._by_peer.clear()
 
     def is_trusted(self, ip: str | None) -> bool:
         """Tell whether ``ip`` is one of the configured trusted proxies."""
@@ -349,6 +356,25 @@ class GeoResolver:
         client's forgery. ``client_ip`` is the normalised address text, or ``None`` when
         no address is known. Never raises on any header or peer value.
         """
+        by_peer = self._by_peer
+        if by_peer is not None and peer_ip:
+            found = by_peer.get(peer_ip)
+            if found is not None:
+                return found
+            found = self._resolve(peer_ip, get_header, get_all)
+            if len(peer_ip) <= _MAX_ADDRESS_LEN:
+                if len(by_peer) >= _CACHE_SIZE:
+                    by_peer.clear()
+                by_peer[peer_ip] = found
+            return found
+        return self._resolve(peer_ip, get_header, get_all)
+
+    def _resolve(
+        self,
+        peer_ip: str | None,
+        get_header: HeaderGetter,
+        get_all: Callable[[str], Sequence[str]] | None,
+    ) -> tuple[str | None, Geo]:
         info = self._peer(peer_ip) if peer_ip and len(peer_ip) <= _MAX_ADDRESS_LEN else None
         if info is None:
             peer, client_text, trusted = None, None, False

@@ -14,15 +14,21 @@ has drained.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+from edgerun.control.api import CONTROL_PREFIX
+from edgerun.control.usage import UsageMeter
 from edgerun.edge.geo import GeoResolver
 from edgerun.edge.routes import RouteTable
-from edgerun.errors import NotFound, to_http
+from edgerun.errors import EdgerunError, NotFound, error_body, to_http
 from edgerun.http import Request, Response
 from edgerun.node.deployment import Deployment
+from edgerun.node.versions import VersionChooser
+from edgerun.runtime.invoke import Invocation
 
 __all__ = ["Node"]
 
@@ -30,23 +36,55 @@ log = logging.getLogger("edgerun.node")
 access_log = logging.getLogger("edgerun.access")
 
 After = Callable[[], Awaitable[None]]
+NODE_PREFIX = "/__edgerun"
+"""Paths under this prefix are the node's own endpoints, never routed to a project."""
 _HEALTH_BODY = b'{"status":"ok"}'
 
 
-def new_request_id() -> str:
-    """A random 16-hex-digit request id (cheap: one urandom call)."""
-    return os.urandom(8).hex()
+class _RequestIds:
+    """Random 16-hex-digit ids from a buffer refilled by one ``urandom`` call per 256 ids.
+
+    Still unpredictable (the OS CSPRNG), without a system call per request.
+    """
+
+    __slots__ = ("_buf", "_pos")
+
+    _BATCH = 256 * 8
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = self._BATCH
+
+    def __call__(self) -> str:
+        pos = self._pos
+        if pos >= self._BATCH:
+            self._buf = os.urandom(self._BATCH)
+            pos = 0
+        self._pos = pos + 8
+        return self._buf[pos : pos + 8].hex()
+
+
+new_request_id = _RequestIds()
+"""``new_request_id()``: a random 16-hex-digit request id."""
 
 
 class Node:
     """Hosts deployments on one edge node and dispatches requests to them."""
 
-    def __init__(self, *, geo: GeoResolver | None = None, debug: bool = False) -> None:
+    def __init__(
+        self, *, geo: GeoResolver | None = None, debug: bool = False, access_log: bool = False
+    ) -> None:
         self.geo = geo or GeoResolver()
         self.debug = debug
+        self.access_log = access_log
+        self.usage = UsageMeter()
         self._deployments: dict[str, Deployment] = {}
         self._routes: RouteTable[Deployment] = RouteTable([])
         self._closing: set[asyncio.Task[None]] = set()
+        # Set when the node follows a control plane (node.sync): which version of a
+        # project serves a request, and the embedded control API, if any.
+        self.versions: VersionChooser | None = None
+        self.control: Callable[[Request], Awaitable[Response]] | None = None
 
     @property
     def deployments(self) -> dict[str, Deployment]:
@@ -84,8 +122,10 @@ class Node:
     async def dispatch(self, request: Request) -> tuple[Response, After | None]:
         """Answer one request; see the module docstring for the contract."""
         path = request.path
-        if path == "/healthz":
-            return Response(_HEALTH_BODY, headers={"content-type": "application/json"}), None
+        if self.control is not None and path.startswith(CONTROL_PREFIX):
+            return await self.control(request), None
+        if path.startswith(NODE_PREFIX) or path == "/healthz":
+            return self._node_endpoint(request, path), None
         request_id = new_request_id()
         ip, geo = self.geo.resolve(request.ip, request.headers.get, request.headers.getlist)
         request.ip = ip
@@ -96,6 +136,9 @@ class Node:
             exc = NotFound(f"no project on this node serves {host}{path}")
             status, body = to_http(exc, request_id=request_id)
             return Response.json(body, status=status, headers=_rid(request_id)), None
+        version_headers: list[tuple[str, str]] = []
+        if self.versions is not None:
+            deployment, version_headers = await self.versions.choose(deployment, request)
         deployment.enter()
         try:
             invocation = await deployment.invoker.invoke(request, request_id=request_id)
@@ -105,16 +148,93 @@ class Node:
             status, body = to_http(exc, request_id=request_id, debug=self.debug)
             return Response.json(body, status=status, headers=_rid(request_id)), None
         response = invocation.response
-        response.headers.set("x-edgerun-request-id", request_id)
+        # A constant name and a hex id: nothing for Headers.set to check.
+        response.headers._put("x-edgerun-request-id", request_id)
+        for name, value in version_headers:
+            response.headers.add(name, value)
 
         async def after() -> None:
             try:
                 await invocation.finish()
             finally:
                 deployment.leave()
+                self._account(deployment.name, request, invocation)
 
         return response, after
+
+    def _account(self, name: str, request: Request, invocation: Invocation) -> None:
+        """Meter a finished request and write its access-log line."""
+        response = invocation.response
+        bytes_in = request._body.size
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit():
+            bytes_in = max(bytes_in, int(declared))
+        error = invocation.error
+        usage = invocation.usage
+        outcome = str(invocation.outcome)
+        cold_start = invocation.cold_start
+        # A few additions into the running totals, no per-request record object.
+        self.usage.count(
+            name,
+            outcome,
+            usage.cpu_ms,
+            usage.wall_ms,
+            bytes_in,
+            response._body.size,
+            cold_start,
+            None
+            if error is None
+            else (error.code if isinstance(error, EdgerunError) else "internal"),
+        )
+        if self.access_log:
+            access_log.info(
+                "%s %s %s %s%s %d %s wall=%.1fms cpu=%.1fms%s",
+                invocation.request_id,
+                name,
+                request.method,
+                request.host,
+                request.path,
+                response.status,
+                outcome,
+                usage.wall_ms,
+                usage.cpu_ms,
+                " cold_start" if cold_start else "",
+            )
+
+    def _node_endpoint(self, request: Request, path: str) -> Response:
+        """``/healthz`` for anyone; ``/__edgerun/*`` for local callers only."""
+        if path == "/healthz":
+            return Response(_HEALTH_BODY, headers={"content-type": "application/json"})
+        if not _is_local(request):
+            body = error_body("forbidden", "node endpoints answer local callers only")
+            return Response.json(body, status=403)
+        if path == f"{NODE_PREFIX}/usage":
+            return Response.json({"deployments": self.usage.snapshot()})
+        if path == f"{NODE_PREFIX}/pools":
+            return Response.json({"deployments": _pools(self._deployments)})
+        body = error_body("not_found", f"no node endpoint {path}")
+        return Response.json(body, status=404)
+
+
+def _pools(deployments: dict[str, Deployment]) -> dict[str, Any]:
+    """Worker pools by deployment (isolated mode only): zygote, workers, queue."""
+    out: dict[str, Any] = {}
+    for name, deployment in deployments.items():
+        stats = getattr(deployment.invoker, "stats", None)
+        if callable(stats):
+            out[name] = stats()
+    return out
 
 
 def _rid(request_id: str) -> dict[str, str]:
     return {"x-edgerun-request-id": request_id}
+
+
+def _is_local(request: Request) -> bool:
+    """True for a loopback peer that is not relaying someone else's request."""
+    if request.ip is None or "x-forwarded-for" in request.headers:
+        return False
+    try:
+        return ipaddress.ip_address(request.ip).is_loopback
+    except ValueError:
+        return False

@@ -81,29 +81,41 @@ class AsgiFront:
         query: bytes = scope.get("query_string") or b""
         raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
         framing = scope.get(FRAMING_SCOPE_KEY)
-        if not isinstance(framing, BodyFraming):  # not checked by node.protocol
+        if isinstance(framing, BodyFraming):
+            # Checked by node.protocol, whose parser lowercases names: decoded on demand.
+            headers = Headers._lazy(raw_headers, lowercase=True)
+        else:
             target_bytes = len(raw_path) + (len(query) + 1 if query else 0)
             try:
                 framing = check_head(method, target_bytes, raw_headers, self._limits)
             except RequestError as exc:
                 await self._send(send, receive, error_response(exc, close=True), method, None)
                 return
-
-        headers = Headers.from_raw(raw_headers)
-        target = raw_path.decode("latin-1")
-        if query:
-            target = f"{target}?{query.decode('latin-1')}"
+            headers = Headers.from_raw(raw_headers)
         host = host_for_url(headers.get("host"), scope.get("server"))
         client = scope.get("client")
         body = GuardedBody(_receive_source(receive), self._limits) if framing.has_body else None
-        request = Request(
-            method,
-            f"{scope.get('scheme', 'http')}://{host}{target}",
-            headers=headers,
-            body=body,
-            ip=client[0] if client else None,
+        request = Request._from_server(
+            method.upper(),
+            scope.get("scheme", "http"),
+            host,
+            raw_path.decode("latin-1"),
+            query.decode("latin-1"),
+            headers,
+            body,
+            client[0] if client else None,
         )
         response, after = await call_dispatch(self._dispatch, request)
+        content = response.content
+        if content is not None or response.status in NO_BODY_STATUSES:
+            # node.protocol's cycle writes a fixed response in one piece (one socket send
+            # instead of two, no ASGI message dicts); other servers get ASGI messages.
+            respond = getattr(getattr(send, "__self__", None), "respond", None)
+            if respond is not None:
+                out_headers, close = _response_headers(response, body)
+                await respond(response.status, out_headers, content or b"", close)
+                await run_after(after)
+                return
         try:
             await self._send(send, receive, response, method, body)
         except ResponseStreamFailed:
@@ -119,14 +131,7 @@ class AsgiFront:
         method: str,
         body: GuardedBody | None,
     ) -> None:
-        close = body is not None and body.error is not None
-        headers: list[tuple[bytes, bytes]] = []
-        for name, value in response.headers.raw():
-            if name in _FRAMING_HEADERS_RAW:
-                # The handler may ask to close; any other framing value is the server's.
-                close = close or (name == b"connection" and value.lower() == b"close")
-                continue
-            headers.append((name, value))
+        headers, close = _response_headers(response, body)
         if close:
             headers.append(_CLOSE)
         status = response.status
@@ -188,6 +193,21 @@ class AsgiFront:
         task = asyncio.ensure_future(run_after(after))
         self._detached.add(task)
         task.add_done_callback(self._detached.discard)
+
+
+def _response_headers(
+    response: Response, body: GuardedBody | None
+) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """The response's headers without framing ones, and whether to close the connection."""
+    close = body is not None and body.error is not None
+    headers: list[tuple[bytes, bytes]] = []
+    for name, value in response.headers.raw():
+        if name in _FRAMING_HEADERS_RAW:
+            # The handler may ask to close; any other framing value is the server's.
+            close = close or (name == b"connection" and value.lower() == b"close")
+            continue
+        headers.append((name, value))
+    return headers, close
 
 
 async def _disconnected(receive: Receive) -> None:

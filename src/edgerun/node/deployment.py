@@ -1,27 +1,29 @@
 """One project loaded on this node: its config, bindings, env and invoker.
 
-``Deployment.open`` wires a validated ``ProjectConfig`` into a running handler:
-bindings are opened from the config (each deployment sees only its own), vars and
-secrets are added to ``env``, the entry point is loaded and started. ``close`` waits
-for in-flight requests, then stops the invoker and closes the bindings.
+``Deployment.open`` wires a validated ``ProjectConfig`` into a running handler. In
+``mode = "isolated"`` (the default) it starts an ``IsolatedInvoker``: a zygote process
+that imports the code and forks workers, each opening the deployment's bindings
+itself. In ``mode = "inprocess"`` bindings are opened here (each deployment sees only
+its own), vars and secrets are added to ``env``, the entry point is loaded and run on
+the node's loop. ``close`` waits for in-flight requests, then stops the invoker and
+closes the bindings.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from edgerun.bindings.base import Binding, close_all, open_all
-from edgerun.bindings.cache import Cache
-from edgerun.bindings.kv import open_kv
+from edgerun.bindings.base import Binding, close_all
 from edgerun.clock import Clock, SystemClock
 from edgerun.config import ProjectConfig
 from edgerun.control.secrets import SecretStore
+from edgerun.node import wiring
 from edgerun.node.state import StateDir
 from edgerun.runtime.env import Env
 from edgerun.runtime.invoke import InProcessInvoker, Invoker
+from edgerun.runtime.isolate.invoker import IsolatedInvoker
 from edgerun.runtime.limits import RuntimeLimits
 from edgerun.runtime.loader import load_entry
 
@@ -67,12 +69,20 @@ class Deployment:
         """
         clock = clock or SystemClock()
         state = StateDir(state_dir).ensure()
-        openers: dict[str, Callable[[], Awaitable[Binding]]] = {}
-        for kv in config.kv:
-            openers[kv.binding] = _kv_opener(kv.namespace, kv.backend, state, clock)
-        for cache in config.cache:
-            openers[cache.binding] = _cache_opener(cache.binding, cache.max_bytes, clock)
-        bindings = await open_all(openers)
+        if config.mode == "isolated":
+            spec = wiring.isolated_spec(
+                config, state.path, SecretStore(state.path).load(), debug=debug
+            )
+            isolated = IsolatedInvoker(
+                spec,
+                wiring.pool_settings(config),
+                wiring.zygote_command(),
+                clock=clock,
+                debug=debug,
+            )
+            await isolated.start()
+            return cls(config, isolated, {}, state)
+        bindings = await wiring.open_bindings(wiring.binding_specs(config), state.path, clock)
         try:
             values: dict[str, Any] = dict(config.vars)
             values.update(SecretStore(state.path).load())
@@ -112,19 +122,3 @@ class Deployment:
             await self.invoker.stop()
         finally:
             await close_all(self.bindings)
-
-
-def _kv_opener(
-    namespace: str, backend: str, state: StateDir, clock: Clock
-) -> Callable[[], Awaitable[Binding]]:
-    async def opener() -> Binding:
-        return open_kv(namespace, backend=backend, path=state.kv_file, clock=clock)
-
-    return opener
-
-
-def _cache_opener(name: str, max_bytes: int, clock: Clock) -> Callable[[], Awaitable[Binding]]:
-    async def opener() -> Binding:
-        return Cache(name, max_bytes=max_bytes, clock=clock)
-
-    return opener

@@ -28,11 +28,19 @@ from __future__ import annotations
 import asyncio
 import http
 from typing import Any, ClassVar
+from urllib.parse import unquote
 
 import httptools
 import msgspec
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 from edgerun.errors import HeadersTooLarge, RequestError, RequestTimeout, to_http
@@ -40,12 +48,12 @@ from edgerun.node.front import FRAMING_SCOPE_KEY, logger
 from edgerun.security.limits import (
     BodyMeter,
     HttpLimits,
-    check_head,
+    check_framing,
     check_header_size,
     check_url,
 )
 
-__all__ = ["NodeHttpToolsProtocol", "protocol_class", "render_error"]
+__all__ = ["NodeCycle", "NodeHttpToolsProtocol", "protocol_class", "render_error"]
 
 # Lingering close after an error response: how long, and how many bytes, the node keeps
 # reading (and dropping) what the client is still sending. Closing a socket with unread
@@ -53,6 +61,13 @@ __all__ = ["NodeHttpToolsProtocol", "protocol_class", "render_error"]
 # reads it.
 _LINGER_S = 2.0
 _LINGER_MAX_BYTES = 1024 * 1024
+
+# Header names already checked (handlers send the same few names again and again).
+_GOOD_NAMES: set[bytes] = set()
+_GOOD_NAMES_MAX = 1024
+# One ASGI "asgi" scope entry for every request (uvicorn builds a new dict per request;
+# nothing downstream mutates it).
+_ASGI_VERSION = {"version": "3.0", "spec_version": "2.3"}
 
 
 def render_error(exc: BaseException, default_headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -72,6 +87,69 @@ def render_error(exc: BaseException, default_headers: list[tuple[bytes, bytes]])
     )
     parts.append(payload)
     return b"".join(parts)
+
+
+class NodeCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle plus a single-write path for fixed responses.
+
+    ``respond(status, headers, body, close)`` sends a whole response whose body is known
+    (status line, the server's default headers, ``headers``, Content-Length, body) with
+    one ``transport.write`` -- uvicorn's ``send`` writes head and body separately (two
+    socket sends) and goes through two ASGI message dicts. Everything else (streaming,
+    ``receive``, disconnects) is uvicorn's.
+    """
+
+    async def respond(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        close: bool,
+    ) -> None:
+        """Send a complete response with a fixed ``body`` (none for 204/304 and HEAD).
+
+        ``headers`` must not contain framing headers (Content-Length, Transfer-Encoding,
+        Connection); ``close`` ends the connection after the response. Raises
+        ``RuntimeError`` for an invalid header name or value, or if a response was
+        already started (as uvicorn's ``send`` does).
+        """
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if self.response_started:
+            raise RuntimeError("a response was already started for this request")
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        parts = [STATUS_LINE[status]]
+        for name, value in self.default_headers:
+            parts += (name, b": ", value, b"\r\n")
+        good = _GOOD_NAMES
+        for name, value in headers:
+            if name not in good:
+                if HEADER_RE.search(name):
+                    raise RuntimeError("Invalid HTTP header name.")
+                if len(good) < _GOOD_NAMES_MAX:
+                    good.add(name)
+            if HEADER_VALUE_RE.search(value):
+                raise RuntimeError("Invalid HTTP header value.")
+            parts += (name, b": ", value, b"\r\n")
+        if close:
+            self.keep_alive = False
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        if status == 204 or status == 304:
+            parts.append(b"\r\n")
+        else:
+            parts.append(b"content-length: %d\r\n\r\n" % len(body))
+            if self.scope["method"] != "HEAD":
+                parts.append(body)
+        self.transport.write(b"".join(parts))
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
 
 
 class NodeHttpToolsProtocol(HttpToolsProtocol):
@@ -96,6 +174,15 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         # loop; one timer per connection fires at it (or re-schedules itself if the
         # deadline moved) -- cheaper than a call_later/cancel pair per request.
         self._head_deadline: float | None = None
+        # uvicorn's keep-alive timeout (close a connection idle after a response), kept
+        # as a number checked by the same timer instead of uvicorn's call_later per
+        # response and cancel per request.
+        self._idle_deadline: float | None = None
+        # The timer never sleeps longer than this, so a deadline set later (always
+        # "now + one of these") is never earlier than the timer.
+        self._timer_step = min(self.limits.header_timeout_s, float(self.timeout_keep_alive))
+        self._root_path_bytes = self.root_path.encode("ascii")
+        self._max_head_bytes = self.limits.max_head_bytes  # a computed property
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
@@ -106,6 +193,10 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         self._url_bytes = 0
         self._header_bytes = 0
         self._header_count = 0
+        # Values of the headers check_framing needs, collected as they arrive.
+        self._hosts: list[str] = []
+        self._lengths: list[str] = []
+        self._encodings: list[str] = []
         self._meter = BodyMeter(self.limits)
         # Set by a parser callback that refuses the request, read once feed_data raises:
         # the error and whether it concerns a body (True) or a head (False).
@@ -141,7 +232,7 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._in_head:
             self._head_bytes += len(data)
-        self._unset_keepalive_if_required()
+        self._idle_deadline = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -160,7 +251,7 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
                 failure = (RequestError(f"malformed HTTP request: {exc}"), not self._in_head)
             self._reject(*failure)
             return
-        if self._in_head and self._head_bytes > self.limits.max_head_bytes:
+        if self._in_head and self._head_bytes > self._max_head_bytes:
             self._reject(
                 HeadersTooLarge(
                     f"the request head is more than {self.limits.max_head_bytes} bytes; "
@@ -170,18 +261,47 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
             )
 
     def on_response_complete(self) -> None:
-        """A response is out: the next head's deadline starts now (unless one is queued)."""
-        super().on_response_complete()
+        """A response is out: start the next queued request, or the idle and head deadlines."""
+        # uvicorn's own version, except that the keep-alive timeout is a deadline for the
+        # connection's one timer instead of a new loop timer per response.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_deadline = self.loop.time() + self.timeout_keep_alive
         self._maybe_arm_head_timer()
 
     # -- httptools parser callbacks ----------------------------------------------------
 
     def on_message_begin(self) -> None:
-        """A new request starts: reset the per-request counters."""
-        super().on_message_begin()
+        """A new request starts: a fresh scope, and reset the per-request counters."""
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = {  # type: ignore[typeddict-item]
+            "type": "http",
+            "asgi": _ASGI_VERSION,  # type: ignore[typeddict-item]
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
         self._in_head = True
         self._head_started = True
         self._url_bytes = self._header_bytes = self._header_count = 0
+        if self._hosts:
+            self._hosts = []
+        if self._lengths:
+            self._lengths = []
+        if self._encodings:
+            self._encodings = []
         if self._head_deadline is None:
             # A pipelined request started while the previous one is still being served.
             self._arm_head_timer()
@@ -206,6 +326,16 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
                 check_header_size(self._header_bytes, self._header_count, limits)
             except RequestError as exc:
                 raise self._fail(exc, in_body=False) from None
+        size = len(name)
+        if (size == 4 or size == 14 or size == 17) and self._in_head:
+            # Host, Content-Length, Transfer-Encoding (by length first: cheap).
+            lname = name.lower()
+            if lname == b"host":
+                self._hosts.append(value.decode("latin-1"))
+            elif lname == b"content-length":
+                self._lengths.append(value.decode("latin-1"))
+            elif lname == b"transfer-encoding":
+                self._encodings.append(value.decode("latin-1"))
         if not self._in_head:
             # A chunked trailer field. uvicorn would append it to the request's headers,
             # which the application may read later: that would let a client add headers
@@ -218,18 +348,14 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         self._in_head = False
         try:
-            framing = check_head(
-                self.parser.get_method().decode("ascii", "replace"),
-                self._url_bytes,
-                self.headers,
-                self.limits,
-            )
+            # URL and header caps were enforced as the head arrived (on_url, on_header).
+            framing = check_framing(self._hosts, self._lengths, self._encodings, self.limits)
         except RequestError as exc:
             raise self._fail(exc, in_body=False) from None
-        self._meter = BodyMeter(self.limits)
+        self._meter.received = 0
         # Handed to node.asgi_front, which then skips its own (identical) head check.
         self.scope[FRAMING_SCOPE_KEY] = framing  # type: ignore[literal-required]
-        super().on_headers_complete()
+        self._start_cycle()
         if framing.has_body:
             self._body_timer = self.loop.call_later(
                 self.limits.body_timeout_s, self._on_body_timeout
@@ -256,12 +382,66 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         # completion is left to arm the next head's deadline).
         self._maybe_arm_head_timer()
 
+    def _start_cycle(self) -> None:
+        """uvicorn's on_headers_complete, creating a ``NodeCycle`` (single-write responses)."""
+        parser = self.parser
+        scope = self.scope
+        scope["method"] = parser.get_method().decode("ascii")
+        http_version = parser.get_http_version()
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self._root_path_bytes + raw_path
+        scope["query_string"] = parsed_url.query or b""
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        else:
+            app = self.app
+        existing_cycle = self.cycle
+        self.cycle = NodeCycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        if existing_cycle is None or existing_cycle.response_complete:
+            self._start_asgi_task(self.cycle, app)
+        else:
+            # Pipelined requests wait for the previous response.
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, app))
+
     # -- deadlines and refusals ------------------------------------------------------
 
     def _arm_head_timer(self) -> None:
-        self._head_deadline = self.loop.time() + self.limits.header_timeout_s
+        now = self.loop.time()
+        self._head_deadline = now + self.limits.header_timeout_s
         if self._head_timer is None:
-            self._head_timer = self.loop.call_at(self._head_deadline, self._on_head_timer)
+            self._head_timer = self.loop.call_at(self._next_wake(now), self._on_head_timer)
+
+    def _next_wake(self, now: float) -> float:
+        """When the connection's timer should fire next (see ``_timer_step``)."""
+        at = now + self._timer_step
+        for deadline in (self._head_deadline, self._idle_deadline):
+            if deadline is not None and deadline < at:
+                at = deadline
+        return at
 
     def _cancel_head_timer(self) -> None:
         self._head_deadline = None
@@ -278,11 +458,18 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
 
     def _on_head_timer(self) -> None:
         self._head_timer = None
-        deadline = self._head_deadline
-        if deadline is None or self.transport.is_closing():
+        if self.transport.is_closing():
             return
-        if self.loop.time() < deadline:
-            self._head_timer = self.loop.call_at(deadline, self._on_head_timer)
+        now = self.loop.time()
+        idle = self._idle_deadline
+        if idle is not None and now >= idle:
+            self._idle_deadline = None
+            self.transport.close()  # nothing arrived since the last response
+            return
+        deadline = self._head_deadline
+        if deadline is None or now < deadline:
+            if deadline is not None or idle is not None:
+                self._head_timer = self.loop.call_at(self._next_wake(now), self._on_head_timer)
             return
         self._head_deadline = None
         if self._head_started or self._head_bytes:

@@ -23,6 +23,7 @@ percent-decoded, so the URL is re-encoded (``%2F`` arrives as ``/``).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -53,6 +54,8 @@ _CANCELLED_READ_SETTLE_S = 0.02
 
 # Characters RFC 3986 allows unencoded in a path; everything else is re-encoded.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
+# A path made only of those (and letters and digits) is left as it is, without quote().
+_NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9/:@!$&'()*+,;=\-._~]")
 
 
 class RsgiFront:
@@ -98,26 +101,40 @@ class RsgiFront:
     async def _http(self, scope: Any, proto: Any) -> None:
         method: str = scope.method
         raw_headers: list[tuple[str, str]] = scope.headers.items()
-        path = quote(scope.path, safe=_PATH_SAFE)
+        path: str = scope.path
+        if _NEEDS_QUOTING.search(path) is not None:
+            path = quote(path, safe=_PATH_SAFE)
         query: str = scope.query_string
-        target = f"{path}?{query}" if query else path
+        target_bytes = len(path) + (len(query) + 1 if query else 0)
         try:
-            framing = check_head(method, len(target), raw_headers, self._limits)
+            framing = check_head(method, target_bytes, raw_headers, self._limits)
         except RequestError as exc:
             _send_fixed(proto, error_response(exc, close=True), close=False)
             return
 
-        headers = Headers.from_raw(
-            (k.encode("latin-1", "replace"), v.encode("latin-1", "replace")) for k, v in raw_headers
-        )
+        # granian's header names are lower case (hyper's HeaderName); values are taken
+        # as they are unless one is not ASCII (then mapped to latin-1, '?' for the rest,
+        # so they can always be encoded back to bytes).
+        for _, value in raw_headers:
+            if not value.isascii():
+                headers = Headers.from_raw(
+                    (k.encode("latin-1", "replace"), v.encode("latin-1", "replace"))
+                    for k, v in raw_headers
+                )
+                break
+        else:
+            headers = Headers._trusted(raw_headers)
         host = host_for_url(headers.get("host"), _split_address(scope.server))
         body = GuardedBody(_body_source(proto), self._limits) if framing.has_body else None
-        request = Request(
-            method,
-            f"{scope.scheme}://{host}{target}",
-            headers=headers,
-            body=body,
-            ip=_split_address(scope.client)[0],
+        request = Request._from_server(
+            method.upper(),
+            scope.scheme,
+            host,
+            path,
+            query,
+            headers,
+            body,
+            _split_address(scope.client)[0],
         )
         response, after = await call_dispatch(self._dispatch, request)
         close = body is not None and body.error is not None

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from edgerun.config import ProjectConfig, load_project
 from edgerun.edge.geo import GeoResolver
@@ -45,7 +45,12 @@ class NodeOptions:
     pop: str | None = None
     trusted_proxies: Sequence[str] = ()
     trust_geo_headers: bool = False
+    access_log: bool = False
     http_limits: HttpLimits = field(default_factory=HttpLimits)
+    # Following a control plane (node.sync): embedded in this process, or remote.
+    embedded_control: bool = False
+    control_url: str | None = None
+    control_token: str | None = None
 
 
 def _state_for(config: ProjectConfig, opts: NodeOptions) -> Path:
@@ -76,9 +81,12 @@ async def run_node(opts: NodeOptions, *, on_ready: Callable[[str, int], None]) -
         dev_region=opts.region,
         pop=opts.pop,
     )
-    node = Node(geo=geo, debug=opts.debug)
+    node = Node(geo=geo, debug=opts.debug, access_log=opts.access_log)
     for config in configs:
         await node.replace(await _open(config, opts))
+    link = await _attach_control(node, opts)
+    stop = asyncio.Event()
+    releaser = asyncio.create_task(_release_on_stop(stop, link)) if link is not None else None
     watcher: asyncio.Task[None] | None = None
     if opts.reload:
         watcher = asyncio.create_task(_watch(node, configs, opts))
@@ -90,11 +98,44 @@ async def run_node(opts: NodeOptions, *, on_ready: Callable[[str, int], None]) -
             server=opts.server,
             limits=opts.http_limits,
             on_ready=on_ready,
+            shutdown=stop,
         )
     finally:
         if watcher is not None:
             watcher.cancel()
+        if releaser is not None:
+            releaser.cancel()
+        if link is not None:
+            await link.close()
         await node.close()
+
+
+async def _attach_control(node: Node, opts: NodeOptions) -> Any:
+    """Connect the node to its control plane, if the options name one (else None)."""
+    if not (opts.embedded_control or opts.control_url):
+        return None
+    from edgerun.node.sync import attach_control
+
+    link = await attach_control(
+        node,
+        state_dir=opts.state_dir or Path(".edgerun"),
+        embedded=opts.embedded_control,
+        url=opts.control_url,
+        token=opts.control_token,
+        debug=opts.debug,
+    )
+    if link.api is not None:
+        node.control = link.api.handle
+    node.versions = link.sync
+    return link
+
+
+async def _release_on_stop(stop: asyncio.Event, link: Any) -> None:
+    # Long-polling nodes would hold a graceful shutdown for their whole wait: answer
+    # them as soon as the shutdown starts.
+    await stop.wait()
+    if link.api is not None:
+        link.api.close()
 
 
 async def _watch(node: Node, configs: list[ProjectConfig], opts: NodeOptions) -> None:

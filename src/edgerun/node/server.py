@@ -37,7 +37,7 @@ from typing import Any, Literal, TypeAlias
 from edgerun.node.front import After, Dispatch
 from edgerun.security.limits import HttpLimits
 
-__all__ = ["After", "Dispatch", "ServerKind", "bind_socket", "run", "serve"]
+__all__ = ["After", "Dispatch", "ServerKind", "bind_socket", "loop_factory", "run", "serve"]
 
 ServerKind: TypeAlias = Literal["uvicorn", "granian"]
 """The HTTP servers the node can run on."""
@@ -119,16 +119,22 @@ async def serve(
         sock.close()
 
 
-def run(dispatch: Dispatch, **options: Any) -> None:
-    """Run ``serve(dispatch, **options)`` in a new event loop (uvloop when installed)."""
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory for the node: uvloop's when installed, else None (asyncio's).
+
+    Pass it to ``asyncio.Runner(loop_factory=...)``.
+    """
     try:
         import uvloop
-
-        loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(dispatch: Dispatch, **options: Any) -> None:
+    """Run ``serve(dispatch, **options)`` in a new event loop (uvloop when installed)."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(serve(dispatch, **options))
 
 

@@ -395,8 +395,11 @@ class AsgiHandler:
         else:
             response = Response(exchange.body(), status)
         # Assigned rather than passed: Response copies a Headers it is given, and
-        # this one is already a fresh object of our own.
-        response.headers = Headers.from_raw(exchange.raw_headers)
+        # this one is already a fresh object of our own. Kept as bytes (decoded only if
+        # something reads them), since the node writes them out as bytes again.
+        response.headers = Headers._lazy(
+            [(k.lower(), v) for k, v in exchange.raw_headers], lowercase=True
+        )
         return response
 
 

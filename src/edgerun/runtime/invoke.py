@@ -167,11 +167,13 @@ class Invocation:
 
     ``response`` is sent as-is (its body may stream); ``outcome`` and ``error`` (the
     exception behind a non-ok outcome, else None) feed logs, metrics and metering;
-    ``usage`` is what the request consumed. After the response has been written (or
-    the client has gone), the node must ``await finish()``: that tells a still
-    streaming ASGI app the response is over and awaits the request's ``wait_until``
-    work within its wall budget. ``finish`` never raises (failures are logged) except
-    for cancellation, may take up to the rest of the wall budget, and runs only once.
+    ``usage`` is what the request consumed; ``cold_start`` is true when the request had
+    to wait for a worker to be forked for a deployment scaled to zero. After the
+    response has been written (or the client has gone), the node must
+    ``await finish()``: that tells a still streaming ASGI app the response is over and
+    awaits the request's ``wait_until`` work within its wall budget. ``finish`` never
+    raises (failures are logged) except for cancellation, may take up to the rest of
+    the wall budget, and runs only once.
     """
 
     response: Response
@@ -180,6 +182,7 @@ class Invocation:
     usage: Usage
     request_id: str
     after: Callable[[], Awaitable[None]] | None = None
+    cold_start: bool = False
 
     async def finish(self) -> None:
         """Run the after-response step (see the class docstring); idempotent."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -112,6 +112,7 @@ class InProcessLimits:
         "_inflight",
         "_limits",
         "_loop",
+        "_monotonic",
         "_timer",
         "_timer_at",
         "_wall_s",
@@ -120,6 +121,10 @@ class InProcessLimits:
     def __init__(self, limits: RuntimeLimits, *, clock: Clock | None = None) -> None:
         self._limits = limits
         self._clock: Clock = clock or SystemClock()
+        # Read three times per request: skip SystemClock's Python-level wrapper.
+        self._monotonic: Callable[[], float] = (
+            time.monotonic if type(self._clock) is SystemClock else self._clock.monotonic
+        )
         self._wall_s = limits.wall_s
         # Requests being timed, in arrival order. Every request of a deployment has the
         # same budget, so arrival order is deadline order: one loop timer for the
@@ -138,11 +143,11 @@ class InProcessLimits:
 
     def begin(self) -> Usage:
         """Start metering a request now."""
-        return Usage(self._clock.monotonic())
+        return Usage(self._monotonic())
 
     def remaining(self, usage: Usage) -> float:
         """Seconds of the wall budget left, measured on the injected clock."""
-        return max(0.0, usage.started + self._wall_s - self._clock.monotonic())
+        return max(0.0, usage.started + self._wall_s - self._monotonic())
 
     async def run(self, usage: Usage, work: Awaitable[T]) -> T:
         """Await ``work``; cancel it and raise ``LimitExceeded("wall")`` past ``wall_ms``.
@@ -156,7 +161,7 @@ class InProcessLimits:
         if task is None:  # not inside an asyncio task: nothing could be cancelled
             raise RuntimeError("InProcessLimits.run() must be awaited inside an asyncio task")
         loop = task.get_loop()
-        at = loop.time() + self._wall_s - (self._clock.monotonic() - usage.started)
+        at = loop.time() + self._wall_s - (self._monotonic() - usage.started)
         self._inflight[task] = at
         if self._timer is None or at < self._timer_at or self._loop is not loop:
             self._schedule(loop, at)
@@ -183,7 +188,7 @@ class InProcessLimits:
                 self._expired.discard(task)
                 task.uncancel()
             usage.cpu_ms += (_thread_time() - cpu_start) * 1000
-            usage.wall_ms = (self._clock.monotonic() - usage.started) * 1000
+            usage.wall_ms = (self._monotonic() - usage.started) * 1000
 
     def _schedule(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
         if self._timer is not None:

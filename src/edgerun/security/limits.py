@@ -28,7 +28,7 @@ the timers and decide how to answer. This module imports only ``edgerun.errors``
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import AnyStr
 
@@ -38,6 +38,7 @@ __all__ = [
     "BodyFraming",
     "BodyMeter",
     "HttpLimits",
+    "check_framing",
     "check_head",
     "check_header_size",
     "check_url",
@@ -197,7 +198,22 @@ def check_head(
         elif name == "transfer-encoding":
             encodings.append(_text(raw_value))
     check_header_size(total, count, limits)
+    return check_framing(hosts, lengths, encodings, limits)
 
+
+def check_framing(
+    hosts: Sequence[str],
+    lengths: Sequence[str],
+    encodings: Sequence[str],
+    limits: HttpLimits,
+) -> BodyFraming:
+    """The Host and framing rules of ``check_head``, on values a parser already collected.
+
+    ``hosts``, ``lengths`` and ``encodings`` are every value of Host, Content-Length and
+    Transfer-Encoding, in order. For a caller that has enforced ``check_url`` and
+    ``check_header_size`` while the head arrived (``node.protocol``), so each head is
+    walked once. Raises as ``check_head`` does.
+    """
     if len(hosts) > 1:
         raise RequestError("the request has more than one Host header; send exactly one")
     if hosts and _HOST_RE.fullmatch(hosts[0]) is None:

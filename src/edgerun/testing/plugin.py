@@ -16,7 +16,10 @@ Fixtures:
 from __future__ import annotations
 
 import os
+import stat
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -47,7 +50,10 @@ def edgerun_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeFacto
         extra = ["--server", server, *args]
         if country is not None:
             extra += ["--country", country]
-        state = state_dir if state_dir is not None else tmp_path_factory.mktemp("edgerun-state")
+        if state_dir is None:
+            state_dir = tmp_path_factory.mktemp("edgerun-state")
+            _searchable(Path(state_dir))
+        state = state_dir
         node = start_node(projects, state_dir=state, command=command, args=extra, env=env)
         started.append(node)
         return node
@@ -55,6 +61,21 @@ def edgerun_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeFacto
     yield factory
     for node in started:
         node.stop()
+
+
+def _searchable(path: Path) -> None:
+    """Let other users traverse (not list) the temp directories leading to ``path``.
+
+    A node running as root drops each deployment's workers to its own uid, which must
+    reach the deployment's state directory; pytest's temp root is mode 0700.
+    """
+    top = Path(tempfile.gettempdir()).resolve()
+    for directory in [path.resolve(), *path.resolve().parents]:
+        if directory == top or top not in directory.parents:
+            break
+        mode = directory.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            os.chmod(directory, stat.S_IMODE(mode) | stat.S_IXOTH)
 
 
 @pytest.fixture

@@ -1,0 +1,123 @@
+"""Usage metering: what each deployment consumed, for pay-per-use accounting.
+
+The node records one ``UsageRecord`` per request (after its response and deferred work
+are done): requests, CPU-ms, wall-ms, bytes in and out, cold starts and errors by
+code. ``UsageMeter.snapshot()`` is what ``/__edgerun/usage`` and ``edgerun usage``
+report. Counters only grow while the node runs (a pull model like Prometheus: nothing
+is reset on read, so a reader that fails loses nothing).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DeploymentUsage", "UsageMeter", "UsageRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One finished request as metering sees it.
+
+    ``outcome`` is the runtime's Outcome value (``ok``, ``exception``,
+    ``exceeded_cpu``...); ``status`` the HTTP status sent; ``error_code`` the JSON error
+    code when the node or runtime produced an error response, else None.
+    """
+
+    deployment: str
+    outcome: str
+    status: int
+    cpu_ms: float
+    wall_ms: float
+    bytes_in: int
+    bytes_out: int
+    cold_start: bool = False
+    error_code: str | None = None
+
+
+@dataclass(slots=True)
+class DeploymentUsage:
+    """Running totals for one deployment."""
+
+    requests: int = 0
+    cpu_ms: float = 0.0
+    wall_ms: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    cold_starts: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def add(self, record: UsageRecord) -> None:
+        """Fold one request into the totals."""
+        self.requests += 1
+        self.cpu_ms += record.cpu_ms
+        self.wall_ms += record.wall_ms
+        self.bytes_in += record.bytes_in
+        self.bytes_out += record.bytes_out
+        self.cold_starts += record.cold_start
+        self.outcomes[record.outcome] += 1
+        if record.error_code is not None:
+            self.errors[record.error_code] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (CPU and wall time rounded to 0.001 ms)."""
+        return {
+            "requests": self.requests,
+            "cpu_ms": round(self.cpu_ms, 3),
+            "wall_ms": round(self.wall_ms, 3),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "cold_starts": self.cold_starts,
+            "outcomes": dict(sorted(self.outcomes.items())),
+            "errors": dict(sorted(self.errors.items())),
+        }
+
+
+class UsageMeter:
+    """Per-deployment usage totals of this node."""
+
+    def __init__(self) -> None:
+        self._by_deployment: dict[str, DeploymentUsage] = {}
+
+    def record(self, record: UsageRecord) -> None:
+        """Count one finished request."""
+        usage = self._by_deployment.get(record.deployment)
+        if usage is None:
+            usage = self._by_deployment[record.deployment] = DeploymentUsage()
+        usage.add(record)
+
+    def count(
+        self,
+        deployment: str,
+        outcome: str,
+        cpu_ms: float,
+        wall_ms: float,
+        bytes_in: int,
+        bytes_out: int,
+        cold_start: bool,
+        error_code: str | None,
+    ) -> None:
+        """``record`` without building a ``UsageRecord`` (the node's per-request path)."""
+        usage = self._by_deployment.get(deployment)
+        if usage is None:
+            usage = self._by_deployment[deployment] = DeploymentUsage()
+        usage.requests += 1
+        usage.cpu_ms += cpu_ms
+        usage.wall_ms += wall_ms
+        usage.bytes_in += bytes_in
+        usage.bytes_out += bytes_out
+        if cold_start:
+            usage.cold_starts += 1
+        usage.outcomes[outcome] += 1
+        if error_code is not None:
+            usage.errors[error_code] += 1
+
+    def get(self, deployment: str) -> DeploymentUsage:
+        """The totals of ``deployment`` (zeros if it has served nothing)."""
+        return self._by_deployment.get(deployment) or DeploymentUsage()
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every deployment's totals, JSON-ready, sorted by name."""
+        return {name: u.as_dict() for name, u in sorted(self._by_deployment.items())}

@@ -1,0 +1,214 @@
+"""Config -> bindings, in one place, for both isolation modes; worker identities.
+
+``binding_specs(config)`` turns a project's binding sections into plain
+``BindingSpec`` values (they cross the process boundary to a zygote);
+``open_bindings(specs, state_dir, clock)`` opens them (in the node for
+``mode = "inprocess"``, in each worker for ``mode = "isolated"``).
+``isolated_spec`` builds the whole deployment ``Spec`` for a zygote, including the
+uid it runs as: when the node runs as root, each deployment gets its own stable
+unprivileged uid/gid, its state directory is handed to that uid (mode 0700) and its
+code is staged into ``<state>/code`` so neither is readable by other deployments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edgerun.bindings.base import Binding, open_all
+from edgerun.bindings.cache import Cache
+from edgerun.bindings.kv import open_kv
+from edgerun.clock import Clock, SystemClock
+from edgerun.config import ProjectConfig
+from edgerun.runtime.isolate.harden import blocking_directory
+from edgerun.runtime.isolate.pool import PoolSettings
+from edgerun.runtime.isolate.protocol import BindingSpec, Spec
+
+__all__ = [
+    "KV_FILENAME",
+    "UID_BASE",
+    "binding_specs",
+    "deployment_uid",
+    "isolated_spec",
+    "open_bindings",
+    "pool_settings",
+    "zygote_command",
+]
+
+_log = logging.getLogger("edgerun.isolate")
+
+KV_FILENAME = "kv.sqlite3"
+"""The project's KV database, in its state directory (``StateDir.kv_file``)."""
+
+UID_BASE = 200_000
+"""Deployment uids are ``UID_BASE + crc32(name) % UID_SPAN``: above any system account."""
+_UID_SPAN = 1_000_000
+# What a worker's environment keeps from the node's, besides [vars]-free basics.
+_KEEP_ENV = ("PATH", "LANG", "TZ", "PYTHONHASHSEED")
+# Not copied into the staged code: state, caches and VCS data.
+_SKIP = shutil.ignore_patterns(
+    ".edgerun",
+    ".git",
+    ".venv",
+    "__pycache__",
+    "*.pyc",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    "node_modules",
+)
+
+
+def binding_specs(config: ProjectConfig) -> list[BindingSpec]:
+    """The project's bindings as plain specs, in declaration order."""
+    specs = [
+        BindingSpec("kv", kv.binding, {"namespace": kv.namespace, "backend": kv.backend})
+        for kv in config.kv
+    ]
+    specs += [BindingSpec("cache", c.binding, {"max_bytes": c.max_bytes}) for c in config.cache]
+    return specs
+
+
+async def open_bindings(
+    specs: list[BindingSpec], state_dir: Path, clock: Clock | None = None
+) -> dict[str, Binding]:
+    """Open every binding (all or nothing, see ``open_all``); KV lives in ``state_dir``."""
+    clock = clock or SystemClock()
+    openers = {}
+    for spec in specs:
+        openers[spec.name] = _opener(spec, state_dir, clock)
+    return await open_all(openers)
+
+
+def _opener(spec: BindingSpec, state_dir: Path, clock: Clock) -> Any:
+    options = spec.options
+    if spec.kind == "kv":
+
+        async def kv() -> Binding:
+            return open_kv(
+                str(options["namespace"]),
+                backend=str(options.get("backend", "sqlite")),
+                path=state_dir / KV_FILENAME,
+                clock=clock,
+            )
+
+        return kv
+    if spec.kind == "cache":
+
+        async def cache() -> Binding:
+            return Cache(spec.name, max_bytes=int(options["max_bytes"]), clock=clock)
+
+        return cache
+    raise ValueError(f"unknown binding kind {spec.kind!r} for {spec.name!r}")
+
+
+def deployment_uid(name: str) -> int:
+    """The stable unprivileged uid (and gid) of deployment ``name``."""
+    return UID_BASE + zlib.crc32(name.encode()) % _UID_SPAN
+
+
+def zygote_command() -> list[str]:
+    """The program a zygote runs: this interpreter, ``-m edgerun.node.worker_main``."""
+    return [sys.executable, "-m", "edgerun.node.worker_main"]
+
+
+def pool_settings(config: ProjectConfig) -> PoolSettings:
+    """``[scaling]`` and ``limits.max_concurrency`` as pool settings."""
+    s = config.scaling
+    return PoolSettings(
+        target_concurrency=s.target_concurrency,
+        min_workers=s.min_workers,
+        max_workers=s.max_workers,
+        idle_s=s.idle_s,
+        keep_zygote=s.keep_zygote,
+        max_concurrency=config.limits.max_concurrency,
+    )
+
+
+def _environ(config: ProjectConfig, state_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV or k.startswith("LC_")}
+    env.setdefault("PATH", "/usr/bin:/bin")
+    env["HOME"] = str(state_dir)
+    for name, value in config.vars.items():
+        if isinstance(value, str):
+            env[name] = value
+    return env
+
+
+def _hand_over(state_dir: Path, config: ProjectConfig, uid: int) -> Path:
+    """Give ``uid`` its state dir (0700) and a private copy of the code; return the copy.
+
+    The copy exists because the project directory may sit where the uid cannot reach
+    it (a home directory of mode 0700) and because other deployments must not read
+    it. ``secrets.json`` stays root's: secrets reach the worker in the spec.
+    """
+    os.chown(state_dir, uid, uid)
+    os.chmod(state_dir, 0o700)
+    for child in state_dir.iterdir():
+        if child.name.startswith(KV_FILENAME):
+            os.chown(child, uid, uid)
+    code = state_dir / "code"
+    if code.exists():
+        shutil.rmtree(code)
+    shutil.copytree(config.root, code, ignore=_SKIP, symlinks=True)
+    for dirpath, _dirnames, filenames in os.walk(code):
+        os.chown(dirpath, uid, uid)
+        os.chmod(dirpath, 0o700)
+        for name in filenames:
+            os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
+    return code
+
+
+def isolated_spec(
+    config: ProjectConfig,
+    state_dir: Path,
+    secrets: Mapping[str, str],
+    *,
+    debug: bool = False,
+) -> Spec:
+    """The zygote ``Spec`` of a deployment (see the module docstring).
+
+    When the node is root but the state directory is not reachable by other users
+    (an ancestor lacks the search bit), workers keep the node's identity and a
+    warning says which directory to open up.
+    """
+    uid: int | None = None
+    code_root = config.root
+    if os.geteuid() == 0:
+        blocked = blocking_directory(state_dir)
+        if blocked is None:
+            uid = deployment_uid(config.name)
+            code_root = _hand_over(state_dir, config, uid)
+        else:
+            _log.warning(
+                "%s: workers keep running as root: its state directory %s is not reachable "
+                "by an unprivileged user (%s is not searchable by others); choose a "
+                "--state-dir under a world-searchable directory to isolate it",
+                config.name,
+                state_dir,
+                blocked,
+            )
+    limits = config.limits
+    return Spec(
+        name=config.name,
+        code_root=str(code_root),
+        main=config.main,
+        state_dir=str(state_dir),
+        environ=_environ(config, state_dir),
+        vars=dict(config.vars),
+        secrets={name: str(value) for name, value in secrets.items()},
+        bindings=binding_specs(config),
+        cpu_ms=limits.cpu_ms,
+        wall_ms=limits.wall_ms,
+        memory_mb=limits.memory_mb,
+        max_concurrency=limits.max_concurrency,
+        uid=uid,
+        gid=uid,
+        debug=debug,
+    )

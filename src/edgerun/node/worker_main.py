@@ -1,0 +1,46 @@
+"""The zygote program: ``python -m edgerun.node.worker_main --control-fd N``.
+
+Started by the node (``IsolatedInvoker``) in a fresh interpreter for one deployment.
+It injects the node's binding factory (``wiring.open_bindings``, opened in each
+worker relative to its state directory) into ``runtime.isolate.zygote``, which does
+the rest: read the spec, drop privileges, import the user's code, fork workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from edgerun.bindings.base import Binding
+from edgerun.node.wiring import open_bindings
+from edgerun.runtime.isolate.protocol import BindingSpec
+from edgerun.runtime.isolate.zygote import main_exit, serve_zygote
+
+
+async def _open_in_worker(specs: list[BindingSpec]) -> Mapping[str, Binding]:
+    # The worker's cwd is its state directory (entered before privileges were
+    # dropped); the KV file is opened by its absolute path.
+    return await open_bindings(specs, Path.cwd())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse ``--control-fd``, run the zygote, exit with its status."""
+    parser = argparse.ArgumentParser(prog="edgerun-zygote")
+    parser.add_argument("--control-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s [pid %(process)d]: %(message)s",
+    )
+    control = socket.socket(fileno=args.control_fd)
+    control.setblocking(True)
+    main_exit(serve_zygote(control, _open_in_worker))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Per-request CPU metering and pre-emption inside a worker process.
+
+Several requests share one worker's event loop, so process CPU time cannot be split
+between them after the fact. Instead every task a request creates (its handler, an
+ASGI app's task, its ``wait_until`` work) runs wrapped in ``Metered``: each step of the
+task (one ``send``/``throw`` into its coroutine, i.e. the code between two awaits) is
+timed with ``time.thread_time()`` and charged to the request's ``Meter``.
+
+A step that never yields cannot be stopped from the loop, so the remaining budget is
+armed on ``ITIMER_PROF`` (user + system CPU of this process) for the duration of the
+step; its ``SIGPROF`` handler raises ``CpuExceeded`` (a ``BaseException``, so ordinary
+``except Exception`` blocks do not swallow it) in the running step. Code that swallows
+``BaseException`` or loops inside C (where Python signal handlers never run) is caught
+by the node's watchdog, which kills the whole worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import signal
+import time
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, TypeVar
+
+__all__ = ["CpuExceeded", "Meter", "Metered", "current_meter", "disarm", "install"]
+
+T = TypeVar("T")
+
+_thread_time = time.thread_time
+_setitimer = signal.setitimer
+_ITIMER = signal.ITIMER_PROF
+# After the first signal, keep firing every 10 ms: code that catches CpuExceeded once
+# (a broad ``except BaseException`` around one call) is interrupted again.
+_REFIRE_S = 0.01
+
+current_meter: contextvars.ContextVar[Meter | None] = contextvars.ContextVar(
+    "edgerun_meter", default=None
+)
+"""The meter of the request whose code is running (tasks inherit it from their creator)."""
+
+# True only while a metered step runs: a signal arriving between steps (event-loop
+# code, another deployment's bookkeeping) must not raise anywhere.
+_armed = False
+# The meter whose step is running and when that step started (for ``Meter.used_s``).
+_running: Meter | None = None
+_step_started = 0.0
+
+
+class CpuExceeded(BaseException):
+    """Raised inside a request's code when it has used up its CPU budget."""
+
+
+class Meter:
+    """One request's CPU account: ``cpu_s`` used of ``budget_s``.
+
+    ``exceeded`` is set once the budget is spent (the request must fail with
+    ``exceeded_cpu``); ``memory`` once a ``MemoryError`` passed through one of its steps.
+    """
+
+    __slots__ = ("budget_s", "cpu_s", "exceeded", "memory")
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.cpu_s = 0.0
+        self.exceeded = False
+        self.memory = False
+
+    def used_s(self) -> float:
+        """CPU seconds used so far, including the step running now (if it is ours)."""
+        if _running is self:
+            return self.cpu_s + _thread_time() - _step_started
+        return self.cpu_s
+
+
+class Metered(Coroutine[Any, Any, T]):
+    """A coroutine whose every step is charged to ``meter`` (see the module docstring).
+
+    Once the meter is exceeded, the next step throws ``CpuExceeded`` into the
+    coroutine instead of resuming it, so sibling tasks of a failed request stop too.
+    """
+
+    __slots__ = ("_coro", "_meter")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], meter: Meter) -> None:
+        self._coro = coro
+        self._meter = meter
+
+    def _step(self, fn: Callable[..., Any], arg: Any) -> Any:
+        global _armed, _running, _step_started
+        meter = self._meter
+        if meter.exceeded:
+            fn, arg = self._coro.throw, CpuExceeded()
+        remaining = meter.budget_s - meter.cpu_s
+        _setitimer(_ITIMER, remaining if remaining > 0.0005 else 0.0005, _REFIRE_S)
+        _armed = True
+        outer, outer_started = _running, _step_started
+        _running = meter
+        start = _step_started = _thread_time()
+        try:
+            return fn(arg)
+        except CpuExceeded:
+            meter.exceeded = True
+            raise
+        except MemoryError:
+            meter.memory = True
+            raise
+        finally:
+            _armed = False
+            _running, _step_started = outer, outer_started
+            _setitimer(_ITIMER, 0)
+            meter.cpu_s += _thread_time() - start
+            if meter.cpu_s > meter.budget_s:
+                meter.exceeded = True
+
+    def send(self, value: Any) -> Any:
+        """Resume the coroutine with ``value``, metered."""
+        return self._step(self._coro.send, value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:  # type: ignore[override]
+        """Throw an exception into the coroutine, metered."""
+        exc = typ if val is None else val
+        return self._step(self._coro.throw, exc)
+
+    def close(self) -> None:
+        """Close the wrapped coroutine."""
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self  # type: ignore[return-value]
+
+    def __iter__(self) -> Metered[T]:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    @property
+    def cr_frame(self) -> Any:
+        """The wrapped coroutine's frame (asyncio's task repr and debugging read it)."""
+        return getattr(self._coro, "cr_frame", None)
+
+    @property
+    def cr_code(self) -> Any:
+        """The wrapped coroutine's code object (for ``Task.get_coro`` users and reprs)."""
+        return getattr(self._coro, "cr_code", None)
+
+    def __repr__(self) -> str:
+        return f"<Metered {self._coro!r}>"
+
+
+def disarm() -> None:
+    """Stop the CPU timer for the rest of the running step (the request already failed).
+
+    The error response is built inside the step that was interrupted; a re-fired
+    signal must not interrupt that too.
+    """
+    global _armed
+    _armed = False
+    _setitimer(_ITIMER, 0)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if _armed:
+        raise CpuExceeded()
+
+
+def _task_factory(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, Any],
+    context: contextvars.Context | None = None,
+) -> asyncio.Task[Any]:
+    meter = current_meter.get() if context is None else context.get(current_meter)
+    if meter is not None:
+        coro = Metered(coro, meter)
+    return asyncio.Task(coro, loop=loop, context=context)
+
+
+def install(loop: asyncio.AbstractEventLoop) -> None:
+    """Meter every task created under a ``current_meter`` on ``loop``; arm the signal."""
+    signal.signal(signal.SIGPROF, _on_signal)
+    loop.set_task_factory(_task_factory)  # type: ignore[arg-type]

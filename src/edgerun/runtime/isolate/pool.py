@@ -1,0 +1,604 @@
+"""One deployment's worker pool on the node: connections, scheduling, autoscaling.
+
+``Pool.acquire()`` picks the least-loaded worker below ``max_concurrency``; while the
+in-flight requests per worker exceed ``target_concurrency`` it forks another, up to
+``max_workers``. With no free worker a request waits in a bounded queue (over the
+bound: ``Overloaded``, 503). A worker idle for ``idle_s`` is retired; at zero workers
+the zygote stays (``keep_zygote``) or is stopped and restarted on demand. A request
+that finds the pool at zero waits for a fork: a cold start.
+
+``WorkerConn`` is the node's side of one worker's data socket: it multiplexes calls
+by id, turns a lost connection into ``worker_crashed`` for every call still on it,
+and a watchdog kills a worker that burns CPU without making progress (a handler
+stuck in C code or swallowing the CPU-limit exception).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from edgerun.errors import LimitExceeded, Overloaded, WorkerCrashed
+from edgerun.runtime.isolate.protocol import (
+    Cancel,
+    Chunk,
+    DataMessage,
+    Done,
+    FrameError,
+    FrameReader,
+    Head,
+    Spec,
+    encode_frame,
+)
+from edgerun.runtime.isolate.zygote_client import ZygoteClient
+
+__all__ = ["Call", "Pool", "PoolSettings", "WorkerConn"]
+
+_log = logging.getLogger("edgerun.isolate")
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_END = object()
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """Autoscaling knobs (``[scaling]`` plus ``limits.max_concurrency``)."""
+
+    target_concurrency: int = 4
+    min_workers: int = 0
+    max_workers: int = 4
+    idle_s: float = 60.0
+    keep_zygote: bool = True
+    max_concurrency: int = 16
+
+    @property
+    def queue_limit(self) -> int:
+        """How many requests may wait for a free worker before ``Overloaded``."""
+        return self.max_workers * self.max_concurrency * 4
+
+
+class Call:
+    """One request on a worker, as the node sees it."""
+
+    __slots__ = (
+        "chunks",
+        "done",
+        "finished",
+        "head",
+        "id",
+        "request_id",
+        "started",
+        "streaming",
+        "timer",
+        "worker",
+    )
+
+    def __init__(self, worker: WorkerConn, id: int, request_id: str, started: float) -> None:
+        loop = worker.loop
+        self.worker = worker
+        self.id = id
+        self.request_id = request_id
+        self.started = started
+        self.head: asyncio.Future[Head] = loop.create_future()
+        self.finished: asyncio.Future[BaseException | None] = loop.create_future()
+        self.done: Done | None = None
+        self.chunks: asyncio.Queue[Any] | None = None
+        self.streaming = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        """End the call with ``exc`` (limit, crash), wherever it is."""
+        if self.finished.done():
+            return
+        if not self.head.done():
+            self.head.set_exception(exc)
+        elif self.chunks is not None:
+            self.chunks.put_nowait(exc)
+        self.finished.set_result(exc)
+        if self.timer is not None:
+            self.timer.cancel()
+
+    async def body(self) -> Any:
+        """The streamed response body: chunks until the end frame; raises on failure."""
+        queue = self.chunks
+        assert queue is not None
+        complete = False
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    complete = True
+                    return
+                if isinstance(item, BaseException):
+                    complete = True
+                    raise item
+                yield item
+        finally:
+            if not complete and not self.finished.done():
+                # The client went away mid-stream: stop the handler in the worker.
+                self.worker.cancel(self)
+
+
+class WorkerConn(asyncio.Protocol):
+    """The node's end of one worker's data socket."""
+
+    def __init__(self, pool: Pool, pid: int) -> None:
+        self.pool = pool
+        self.pid = pid
+        self.loop = asyncio.get_running_loop()
+        self.calls: dict[int, Call] = {}
+        self.inflight = 0
+        self.retiring = False
+        self.closed = False
+        self.reader = FrameReader()
+        self.transport: asyncio.Transport | None = None
+        self.next_id = 0
+        self.frames = 0  # frames received: the watchdog's sign of progress
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.exit_status: int | None = None
+        self.killed_for_cpu: Call | None = None
+        self.watch_cpu: float | None = None
+        self.watch_frames = 0
+        self.stuck_cpu = 0.0
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def start(self, messages: list[DataMessage], call: Call) -> None:
+        """Register ``call`` and send its first frames in one write."""
+        self.calls[call.id] = call
+        assert self.transport is not None
+        if len(messages) == 1:
+            self.transport.write(encode_frame(messages[0]))
+        else:
+            self.transport.write(b"".join(encode_frame(m) for m in messages))
+
+    def send(self, message: DataMessage) -> None:
+        """Send one frame if the connection is still open."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame(message))
+
+    def cancel(self, call: Call) -> None:
+        """Tell the worker to stop ``call``; the call ends as canceled."""
+        self.send(Cancel(call.id))
+        self.finish_call(call, asyncio.CancelledError())
+
+    def new_id(self) -> int:
+        """A call id unique on this connection."""
+        self.next_id += 1
+        return self.next_id
+
+    def finish_call(self, call: Call, error: BaseException | None) -> None:
+        """End ``call`` (with ``error``, or as completed) and free its slot; idempotent."""
+        if self.calls.pop(call.id, None) is None:
+            return
+        if error is not None:
+            call.fail(error)
+        elif not call.finished.done():
+            call.finished.set_result(None)
+            if call.timer is not None:
+                call.timer.cancel()
+        self.pool.released(self)
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.reader.feed(data)
+        except FrameError as exc:
+            _log.error(
+                "worker %d of %s sent a corrupt frame (%s); killing it",
+                self.pid,
+                self.pool.name,
+                exc,
+            )
+            self.kill()
+            return
+        self.frames += 1
+        for message in messages:
+            call = self.calls.get(message.id)
+            if call is None:
+                continue  # a call the node already gave up on
+            if isinstance(message, Head):
+                if call.head.done():
+                    call.fail(WorkerCrashed("the worker sent a second response head"))
+                    continue
+                if message.more:
+                    call.chunks = asyncio.Queue()
+                    if message.body:
+                        call.chunks.put_nowait(message.body)
+                call.head.set_result(message)
+            elif isinstance(message, Chunk):
+                if call.chunks is not None:
+                    if message.data:
+                        call.chunks.put_nowait(message.data)
+                    if not message.more:
+                        call.chunks.put_nowait(_END)
+            elif isinstance(message, Done):
+                call.done = message
+                if message.retire and not self.retiring:
+                    self.pool.retire(
+                        self, f"its request {call.request_id} hit a limit ({message.outcome})"
+                    )
+                self.finish_call(call, None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.lost(self)
+        culprit = self.killed_for_cpu
+        for call in list(self.calls.values()):
+            if call is culprit:
+                error: BaseException = LimitExceeded(
+                    "cpu",
+                    f"the request used more than its CPU time limit (cpu_ms = "
+                    f"{self.pool.spec.cpu_ms}) and did not stop; its worker was killed. Make "
+                    "it faster or raise [limits] cpu_ms in edgerun.toml",
+                )
+            else:
+                error = WorkerCrashed(
+                    "the worker process running this request died; the request was not "
+                    "completed (it is safe to retry only if it is idempotent)"
+                )
+            _log.warning(
+                "request %s: %s (worker %d of %s)",
+                call.request_id,
+                error,
+                self.pid,
+                self.pool.name,
+            )
+            self.finish_call(call, error)
+
+    # -- control --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the socket: the worker finishes its deferred work and exits."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def kill(self) -> None:
+        """SIGKILL the worker process (its connection then reports every call crashed)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def cpu_seconds(self) -> float | None:
+        """The worker's total CPU time (user + system) from ``/proc``, or None if gone."""
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as fh:
+                fields = fh.read().rpartition(b")")[2].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+class Pool:
+    """The workers of one deployment (see the module docstring)."""
+
+    def __init__(self, spec: Spec, settings: PoolSettings, command: Sequence[str]) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.settings = settings
+        self.command = list(command)
+        self.workers: list[WorkerConn] = []
+        self.forking = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.zygote: ZygoteClient | None = None
+        self._zygote_starting: asyncio.Future[ZygoteClient] | None = None
+        self.cold_starts = 0
+        self.closing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watch_s = max(2 * spec.cpu_ms, 20) / 1000
+        self._on_change: Callable[[], None] | None = None
+
+    # -- zygote -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the zygote (raises ``EntrypointError`` for bad code) and ``min_workers``."""
+        await self._ensure_zygote()
+        for _ in range(self.settings.min_workers):
+            self._grow()
+
+    async def _ensure_zygote(self) -> ZygoteClient:
+        if self.zygote is not None and self.zygote.alive:
+            return self.zygote
+        if self._zygote_starting is None:
+            loop = asyncio.get_running_loop()
+            starting = self._zygote_starting = loop.create_future()
+            zygote = ZygoteClient(
+                self.spec, self.command, on_exit=self._worker_exited, on_lost=self._zygote_lost
+            )
+            try:
+                await zygote.start(timeout_s=max(30.0, self.spec.wall_ms / 1000))
+            except BaseException as exc:
+                starting.set_exception(exc)
+                starting.exception()  # retrieved: other waiters may be none
+                raise
+            finally:
+                self._zygote_starting = None
+            self.zygote = zygote
+            _log.info("zygote %d of %s ready", zygote.pid, self.name)
+            starting.set_result(zygote)
+            return zygote
+        return await asyncio.shield(self._zygote_starting)
+
+    def _zygote_lost(self) -> None:
+        if not self.closing:
+            _log.warning("the zygote of %s exited; it is restarted on demand", self.name)
+
+    def _worker_exited(self, pid: int, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        for worker in self.workers:
+            if worker.pid == pid:
+                worker.exit_status = code
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        level = logging.INFO if code == 0 else logging.WARNING
+        _log.log(level, "worker %d of %s ended (%s)", pid, self.name, how)
+
+    # -- scheduling -----------------------------------------------------------------------
+
+    def _live(self) -> list[WorkerConn]:
+        return [w for w in self.workers if not w.retiring and not w.closed]
+
+    async def acquire(self) -> tuple[WorkerConn, bool]:
+        """A worker with a free slot (its ``inflight`` already counted) and whether the
+        request is a cold start. Raises ``Overloaded`` when the queue is full and
+        ``WorkerCrashed``/``EntrypointError`` when no worker can be started."""
+        cold = False
+        limit = self.settings.max_concurrency
+        while True:
+            best: WorkerConn | None = None
+            live = 0
+            total = 0
+            for w in self.workers:
+                if w.retiring or w.closed:
+                    continue
+                live += 1
+                total += w.inflight
+                if w.inflight < limit and (best is None or w.inflight < best.inflight):
+                    best = w
+            capacity = live + self.forking
+            if capacity < self.settings.max_workers and (
+                capacity == 0 or (total + 1) > self.settings.target_concurrency * capacity
+            ):
+                if capacity == 0:
+                    cold = True
+                self._grow()
+            if best is not None:
+                best.inflight += 1
+                if best.idle_handle is not None:
+                    best.idle_handle.cancel()
+                    best.idle_handle = None
+                if cold:
+                    self.cold_starts += 1
+                return best, cold
+            if live == 0 and self.forking == 0:
+                raise WorkerCrashed(f"no worker of {self.name} could be started")
+            if len(self.waiters) >= self.settings.queue_limit:
+                raise Overloaded(
+                    f"every worker of {self.name} is busy and {len(self.waiters)} requests "
+                    "are queued; retry later, or raise [scaling] max_workers / "
+                    "[limits] max_concurrency"
+                )
+            waiter = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(waiter)
+
+    def _wake(self, error: BaseException | None = None) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                if error is not None:
+                    waiter.set_exception(error)
+                    continue
+                waiter.set_result(None)
+                return
+
+    def _grow(self) -> None:
+        self.forking += 1
+        task = asyncio.get_running_loop().create_task(self._fork())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fork(self) -> None:
+        try:
+            zygote = await self._ensure_zygote()
+            pid, sock = await zygote.fork()
+            worker = WorkerConn(self, pid)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: worker, sock=sock)
+        except Exception as exc:
+            self.forking -= 1
+            _log.error("could not start a worker for %s: %s", self.name, exc)
+            if not self._live() and self.forking == 0:
+                failure = (
+                    exc
+                    if isinstance(exc, WorkerCrashed)
+                    else WorkerCrashed(f"no worker of {self.name} could be started: {exc}")
+                )
+                self._wake(failure)
+            return
+        self.forking -= 1
+        if self.closing:
+            worker.close()
+            return
+        self.workers.append(worker)
+        _log.info("worker %d of %s started (%d workers)", pid, self.name, len(self._live()))
+        self._arm_idle(worker)
+        # A new worker can take as many queued requests as it has slots.
+        for _ in range(self.settings.max_concurrency):
+            if not self.waiters:
+                break
+            self._wake()
+
+    def released(self, worker: WorkerConn) -> None:
+        """A call on ``worker`` ended: free its slot, wake a waiter, maybe retire it."""
+        worker.inflight -= 1
+        if worker.retiring:
+            if worker.inflight == 0:
+                worker.close()
+        elif worker.inflight == 0:
+            self._arm_idle(worker)
+        if self.waiters:
+            self._wake()
+
+    def _arm_idle(self, worker: WorkerConn) -> None:
+        if worker.inflight == 0 and worker.idle_handle is None:
+            worker.idle_handle = asyncio.get_running_loop().call_later(
+                self.settings.idle_s, self._idle_expired, worker
+            )
+
+    def _idle_expired(self, worker: WorkerConn) -> None:
+        worker.idle_handle = None
+        if worker.inflight or worker.retiring or worker.closed:
+            return
+        if len(self._live()) <= self.settings.min_workers:
+            return
+        worker.retiring = True
+        worker.close()
+        _log.info(
+            "worker %d of %s reaped after %gs idle", worker.pid, self.name, self.settings.idle_s
+        )
+        if not self._live() and self.forking == 0:
+            _log.info("pool of %s scaled to zero", self.name)
+            if not self.settings.keep_zygote and self.zygote is not None:
+                zygote, self.zygote = self.zygote, None
+                task = asyncio.get_running_loop().create_task(zygote.stop())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def retire(self, worker: WorkerConn, why: str) -> None:
+        """Send ``worker`` no new requests; close it once its calls are done."""
+        if worker.retiring:
+            return
+        worker.retiring = True
+        if worker.idle_handle is not None:
+            worker.idle_handle.cancel()
+            worker.idle_handle = None
+        _log.warning("worker %d of %s retired: %s", worker.pid, self.name, why)
+        if worker.inflight == 0:
+            worker.close()
+        if self.waiters and not self._live() and self.forking == 0:
+            self._grow()
+
+    def lost(self, worker: WorkerConn) -> None:
+        """``worker``'s connection closed (exit, crash, kill): forget it."""
+        if worker.idle_handle is not None:
+            worker.idle_handle.cancel()
+            worker.idle_handle = None
+        with contextlib.suppress(ValueError):
+            self.workers.remove(worker)
+        if not worker.retiring and not self.closing:
+            _log.warning("worker %d of %s died", worker.pid, self.name)
+        if self.waiters and not self._live() and self.forking == 0 and not self.closing:
+            self._grow()
+
+    # -- watchdog ---------------------------------------------------------------------------
+
+    def watch(self) -> None:
+        """Make sure the CPU watchdog runs while requests are in flight."""
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().call_later(self._watch_s, self._check)
+
+    def _check(self) -> None:
+        self._watchdog = None
+        busy = False
+        limit_s = self.spec.cpu_ms / 1000
+        for worker in list(self.workers):
+            if not worker.calls or worker.closed:
+                worker.watch_cpu = None
+                worker.stuck_cpu = 0.0
+                continue
+            busy = True
+            now = worker.cpu_seconds()
+            if now is None:
+                continue
+            if worker.watch_cpu is not None and worker.frames == worker.watch_frames:
+                # No frame since the last look, yet CPU was burnt: one step is running
+                # without yielding. The worker's own timer should have stopped it
+                # within cpu_ms; if it has not by twice that, it never will.
+                worker.stuck_cpu += now - worker.watch_cpu
+            else:
+                worker.stuck_cpu = 0.0
+            worker.watch_cpu = now
+            worker.watch_frames = worker.frames
+            if worker.stuck_cpu > 2 * limit_s and worker.killed_for_cpu is None:
+                culprit = min(worker.calls.values(), key=lambda c: c.started)
+                worker.killed_for_cpu = culprit
+                worker.retiring = True
+                _log.warning(
+                    "request %s: worker %d of %s burnt %.0f ms of CPU without yielding; killing it",
+                    culprit.request_id,
+                    worker.pid,
+                    self.name,
+                    worker.stuck_cpu * 1000,
+                )
+                worker.kill()
+        if busy:
+            self.watch()
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-able snapshot: zygote pid, workers, queue length, cold starts."""
+        zygote = self.zygote
+        return {
+            "zygote": zygote.pid if zygote is not None and zygote.alive else None,
+            "workers": [
+                {"pid": w.pid, "inflight": w.inflight, "retiring": w.retiring}
+                for w in self.workers
+                if not w.closed
+            ],
+            "forking": self.forking,
+            "queued": len(self.waiters),
+            "cold_starts": self.cold_starts,
+        }
+
+    async def stop(self, timeout_s: float) -> None:
+        """Close every worker (they finish deferred work), then stop the zygote."""
+        self.closing = True
+        self._wake(WorkerCrashed(f"{self.name} is shutting down"))
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for worker in list(self.workers):
+            worker.retiring = True
+            if worker.idle_handle is not None:
+                worker.idle_handle.cancel()
+            worker.close()
+        zygote = self.zygote
+        if zygote is not None and zygote.pid is not None:
+            # Give the workers up to timeout_s to exit on their own (the zygote kills
+            # whatever is left when it stops).
+            pids = {w.pid for w in self.workers}
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    while pids and zygote.alive:
+                        pids = {p for p in pids if _alive(p)}
+                        if pids:
+                            await asyncio.sleep(0.02)
+            await zygote.stop()
+        self.zygote = None
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rpartition(b")")[2].split()[0]
+    except OSError:
+        return False
+    return state != b"Z"

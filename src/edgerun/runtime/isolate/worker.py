@@ -1,0 +1,347 @@
+"""A worker process: serve one deployment's requests from a socket, under limits.
+
+``run_worker`` is called in the child right after the zygote forks it. It closes
+inherited descriptors, applies rlimits, starts a fresh event loop, opens the
+deployment's bindings through the injected factory, runs the ASGI lifespan startup
+(once per worker) and then serves frames (``protocol``) until the node closes the
+socket. It never returns: the process exits with 0 after a clean shutdown.
+
+Per request, CPU is metered and pre-empted (``cpu``), a ``MemoryError`` that passes
+through the request's code fails it with ``exceeded_memory``, and either makes the
+worker ask to be retired (``Done.retire``). Wall time is the node's to enforce; here it
+only bounds ``wait_until`` work, which runs after the response while other requests
+are served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, NoReturn, cast
+
+from edgerun.bindings.base import Binding, close_all
+from edgerun.errors import HandlerError, LimitExceeded, NotFound, RequestError, to_http
+from edgerun.http import Geo, Headers, Request, Response
+from edgerun.runtime.asgi import AsgiHandler, AsgiLifespan
+from edgerun.runtime.env import Env
+from edgerun.runtime.invoke import REQUEST_ID_HEADER, Context
+from edgerun.runtime.isolate import cpu, harden
+from edgerun.runtime.isolate.protocol import (
+    BindingSpec,
+    Body,
+    Cancel,
+    Chunk,
+    DataMessage,
+    Done,
+    FrameError,
+    FrameReader,
+    Head,
+    Spec,
+    Start,
+    encode_frame,
+    encode_frames,
+)
+from edgerun.runtime.loader import Entry
+from edgerun.runtime.outcome import Outcome
+
+__all__ = ["OpenBindings", "run_worker"]
+
+OpenBindings = Callable[[list[BindingSpec]], Awaitable[Mapping[str, Binding]]]
+"""The injected binding factory: binding specs -> opened bindings, by env name."""
+
+_log = logging.getLogger("edgerun.isolate")
+_monotonic = time.monotonic
+# A worker whose address space is above this share of its limit after a request is
+# retired: the next allocation is likely to fail inside some other request.
+_MEMORY_HIGH_WATER = 0.9
+_BODY_END = object()
+
+
+def run_worker(sock: Any, entry: Entry, spec: Spec, open_bindings: OpenBindings) -> NoReturn:
+    """Serve on ``sock`` (the worker's end of its socketpair) until the node closes it."""
+    code = 0
+    try:
+        harden.close_inherited_fds({sock.fileno()})
+        limit = harden.apply_worker_rlimits(spec.memory_mb, spec.nofile)
+        loop = _new_loop()
+        asyncio.set_event_loop(loop)
+        server = _Server(entry, spec, open_bindings, limit)
+        loop.run_until_complete(server.run(sock))
+    except BaseException:
+        _log.exception("worker %d of %s failed", os.getpid(), spec.name)
+        code = 70
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()  # type: ignore[no-any-return]
+
+
+class _Call:
+    """One request in this worker."""
+
+    __slots__ = ("body", "id", "meter", "started", "task")
+
+    def __init__(self, id: int, budget_s: float) -> None:
+        self.id = id
+        self.meter = cpu.Meter(budget_s)
+        self.started = _monotonic()
+        self.task: asyncio.Task[None] | None = None
+        self.body: asyncio.Queue[Any] | None = None
+
+
+class _Server(asyncio.Protocol):
+    """The worker side of the data channel."""
+
+    def __init__(self, entry: Entry, spec: Spec, open_bindings: OpenBindings, limit: int) -> None:
+        self.entry = entry
+        self.spec = spec
+        self.open_bindings = open_bindings
+        self.handler = entry.handler
+        self.budget_s = spec.cpu_ms / 1000
+        self.wall_s = spec.wall_ms / 1000
+        self.as_limit = limit
+        self.env: Env | None = None
+        self.calls: dict[int, _Call] = {}
+        self.reader = FrameReader()
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] | None = None
+        self.pending: set[asyncio.Future[Any]] = set()  # wait_until work of every request
+        self.drained: asyncio.Future[None] | None = None
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+
+    async def run(self, sock: Any) -> None:
+        loop = asyncio.get_running_loop()
+        cpu.install(loop)
+        self.closed = loop.create_future()
+        bindings = await self.open_bindings(self.spec.bindings)
+        lifespan: AsgiLifespan | None = None
+        try:
+            self.env = Env(bindings, self.spec.vars, self.spec.secrets)
+            if isinstance(self.handler, AsgiHandler):
+                lifespan = self.handler.lifespan()
+                await lifespan.startup()
+            await loop.connect_accepted_socket(lambda: self, sock=sock)
+            await self.closed
+            for call in list(self.calls.values()):
+                if call.task is not None:
+                    call.task.cancel()
+            if self.pending:
+                _, late = await asyncio.wait(set(self.pending), timeout=self.wall_s)
+                for task in late:
+                    task.cancel()
+        finally:
+            if lifespan is not None:
+                try:
+                    async with asyncio.timeout(self.wall_s):
+                        await lifespan.shutdown()
+                except TimeoutError:
+                    _log.error("the ASGI app's lifespan shutdown timed out; cancelled")
+            await close_all(bindings)
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(None)
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self.drained is None or self.drained.done():
+            self.drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.reader.feed(data)
+        except FrameError:
+            _log.error("worker %d: corrupt frame from the node; closing", os.getpid())
+            assert self.transport is not None
+            self.transport.close()
+            return
+        for message in messages:
+            self._on_message(message)
+
+    def _on_message(self, message: DataMessage) -> None:
+        if isinstance(message, Start):
+            call = _Call(message.id, self.budget_s)
+            if message.more:
+                call.body = asyncio.Queue()
+                if message.body:
+                    call.body.put_nowait(message.body)
+            self.calls[message.id] = call
+            ctx = contextvars.copy_context()
+            ctx.run(cpu.current_meter.set, call.meter)
+            call.task = asyncio.get_running_loop().create_task(
+                self._serve(call, message), context=ctx
+            )
+        elif isinstance(message, Body):
+            body_call = self.calls.get(message.id)
+            if body_call is not None and body_call.body is not None:
+                if message.data:
+                    body_call.body.put_nowait(message.data)
+                if not message.more:
+                    body_call.body.put_nowait(_BODY_END)
+        elif isinstance(message, Cancel):
+            cancel_call = self.calls.get(message.id)
+            if cancel_call is not None and cancel_call.task is not None:
+                cancel_call.task.cancel()
+
+    # -- one request --------------------------------------------------------------------
+
+    def _request(self, call: _Call, start: Start) -> Request:
+        headers = Headers.__new__(Headers)
+        headers._items = start.headers  # validated by the node's HTTP layer
+        body: Any = start.body
+        if call.body is not None:
+            body = _stream(call.body)
+        geo = Geo(*start.geo) if start.geo is not None else None
+        return Request(start.method, start.url, headers=headers, body=body, ip=start.ip, geo=geo)
+
+    async def _serve(self, call: _Call, start: Start) -> None:
+        rid = start.request_id
+        ctx = Context(rid)
+        ctx._registry = self.pending
+        meter = call.meter
+        assert self.env is not None
+        error: BaseException | None = None
+        try:
+            response = await self.handler(self._request(call, start), self.env, ctx)
+            if not isinstance(response, Response):
+                got = "None" if response is None else type(response).__name__
+                raise HandlerError(f"fetch returned {got}; return an edgerun.Response")
+            if meter.exceeded:
+                raise cpu.CpuExceeded()
+            head = await self._respond(call, response)
+            error = ctx._error
+        except asyncio.CancelledError:
+            # The node gave up on this request (wall limit, client gone) and answered
+            # the client itself; nothing more is sent for it.
+            self.calls.pop(call.id, None)
+            self._after(ctx, call)
+            return
+        except BaseException as exc:
+            error = exc
+            if isinstance(exc, cpu.CpuExceeded) or meter.exceeded:
+                cpu.disarm()
+                meter.exceeded = True  # the step has not returned yet to record it
+                error = LimitExceeded(
+                    "cpu",
+                    f"the request used more than its CPU time limit (cpu_ms = "
+                    f"{self.spec.cpu_ms}); make it faster or raise [limits] cpu_ms in "
+                    "edgerun.toml",
+                )
+            elif isinstance(exc, MemoryError) or meter.memory:
+                meter.memory = True
+                error = LimitExceeded(
+                    "memory",
+                    f"the worker ran out of memory (memory_mb = {self.spec.memory_mb}); "
+                    "use less or raise [limits] memory_mb in edgerun.toml",
+                )
+            elif not isinstance(exc, Exception | SystemExit):
+                raise
+            self._log_failure(rid, error)
+            status, body = to_http(error, request_id=rid, debug=self.spec.debug)
+            failed = Response.json(body, status=status, headers={REQUEST_ID_HEADER: rid})
+            try:
+                head = await self._respond(call, failed)
+            except asyncio.CancelledError:
+                self.calls.pop(call.id, None)
+                return
+        self._done(call, error, head)
+        self._after(ctx, call)
+
+    async def _respond(self, call: _Call, response: Response) -> Head | None:
+        """Send a streamed response now; return a fixed one's ``Head`` to send with Done."""
+        transport = self.transport
+        assert transport is not None
+        content = response.content
+        headers = response.headers._items
+        if content is not None:
+            # The usual case: head, body and done go out in one write (see _done).
+            return Head(call.id, response.status, headers, content, False)
+        transport.write(encode_frame(Head(call.id, response.status, headers, b"", True)))
+        async for chunk in response.stream():
+            transport.write(encode_frame(Chunk(call.id, chunk, True)))
+            if self.drained is not None and not self.drained.done():
+                await self.drained
+        return None
+
+    def _done(self, call: _Call, error: BaseException | None, head: Head | None) -> None:
+        self.calls.pop(call.id, None)
+        meter = call.meter
+        retire = meter.exceeded or meter.memory or self._memory_high()
+        if error is None:
+            outcome, code, message = Outcome.OK, "", ""
+        else:
+            outcome = Outcome.of(error)
+            code = getattr(error, "code", "internal")
+            message = getattr(error, "message", "") or type(error).__name__
+        done = Done(
+            call.id,
+            outcome.value,
+            meter.used_s() * 1000,
+            (_monotonic() - call.started) * 1000,
+            code,
+            message,
+            retire,
+        )
+        # A fixed response goes out with its Done; a streamed one ends with an empty chunk.
+        end: DataMessage = head if head is not None else Chunk(call.id, b"", False)
+        frames: list[DataMessage] = [end, done]
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(encode_frames(frames))
+
+    def _after(self, ctx: Context, call: _Call) -> None:
+        if ctx._tasks is None and ctx._sent_callbacks is None:
+            ctx._finished = True
+            return
+        deadline = call.started + self.wall_s
+
+        def remaining() -> float:
+            return max(0.0, deadline - _monotonic())
+
+        task = asyncio.ensure_future(ctx._finish(remaining, self.spec.wall_ms))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    def _memory_high(self) -> bool:
+        used = int(os.pread(self.statm, 64, 0).split()[0]) * self.page
+        return used > self.as_limit * _MEMORY_HIGH_WATER
+
+    def _log_failure(self, rid: str, exc: BaseException) -> None:
+        if isinstance(exc, RequestError | NotFound):
+            _log.info("request %s: %s (%s)", rid, exc.message, exc.code)
+        elif isinstance(exc, LimitExceeded):
+            _log.warning("request %s: %s", rid, exc.message)
+        elif isinstance(exc, HandlerError):
+            _log.error("request %s: %s", rid, exc.message)
+        else:
+            _log.error("request %s: the handler raised", rid, exc_info=exc)
+
+
+async def _stream(queue: asyncio.Queue[Any]) -> AsyncIterator[bytes]:
+    while True:
+        chunk = await queue.get()
+        if chunk is _BODY_END:
+            return
+        yield chunk
