@@ -49,6 +49,15 @@ class Measurement:
     baseline: str | None = None
     reference: str | None = None
     runs: tuple[dict[str, Any], ...] = ()
+    kind: str = "http"
+    """``http`` (wrk), ``micro`` (in process), ``trials`` (timed one by one: ``count`` is
+    the number of trials, latencies their p50/p99) or ``memory`` (no latency at all)."""
+    trials: str = ""
+    """What the conns column shows for ``trials`` / ``memory`` rows (e.g. ``50 trials``)."""
+    note: str = ""
+    """Shown in the comparison column instead of ratios (cold start vs warm, memory)."""
+    extra: dict[str, float] = field(default_factory=dict)
+    """Further numbers of ``trials`` / ``memory`` rows (``uss_mib`` ...), also in the JSON."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +108,8 @@ class Results:
             return None
         if target.metric == "p50_us":
             return m.p50_us
+        if target.metric == "uss_mib":
+            return m.extra.get("uss_mib")
         vs = self.compare(m, m.baseline)
         return None if vs is None else vs[target.metric]
 
@@ -174,17 +185,23 @@ class Results:
     def _add_measurement(
         self, table: Table, m: Measurement, is_baseline: bool, labels: dict[str, str]
     ) -> None:
-        micro = m.connections is None
+        micro = m.kind == "micro"
         vs_cell = Text("baseline" if is_baseline else "", style="dim")
-        vs = self.compare(m, m.baseline)
-        if vs is not None:
+        vs = self.compare(m, m.baseline) if m.kind in ("http", "micro") else None
+        if m.note:
+            vs_cell = Text(m.note)
+        elif vs is not None:
             unit = "calls/s" if micro else "req/s"
             lines = [f"{vs['rps_ratio']:.2f}x {unit}"]
-            if "rps_per_cpu_ratio" in vs and m.connections != 1:
+            # (i) compares one deployment's latency with and without a neighbour whose
+            # CPU also counts as the server's, so per CPU-s means nothing there and the
+            # added p99 matters at every concurrency.
+            noisy = m.group == "i"
+            if "rps_per_cpu_ratio" in vs and m.connections != 1 and not noisy:
                 lines.append(f"{vs['rps_per_cpu_ratio']:.2f}x per CPU-s")
             if micro:
                 lines.append(f"{vs['p50_added_ms'] * 1e3:+.1f} µs p50")
-            elif m.connections == 1:
+            elif m.connections == 1 or noisy:
                 lines.append(f"{vs['p99_added_ms']:+.2f} ms p99")
                 lines.append(f"{vs['p50_added_ms']:+.2f} ms p50")
             ref = self.compare(m, m.reference)
@@ -206,15 +223,19 @@ class Results:
                 met.append("yes", style="green")
             else:
                 met.append("no", style="bold red")
-        rps = f"{m.rps:,.0f}"
+        rps = f"{m.rps:,.0f}" if m.kind in ("http", "micro") else ""
         if m.errors:
             rps += f" ({m.errors:,} err)"
+        conns = "in-proc" if micro else str(m.connections)
+        if m.kind in ("trials", "memory"):
+            conns = m.trials
+        latency = m.kind != "memory"
         table.add_row(
             f"  {m.label}",
-            "in-proc" if micro else str(m.connections),
+            conns,
             Text(rps, style="red" if m.errors else ""),
-            format_latency(m.p50_us),
-            format_latency(m.p99_us),
+            format_latency(m.p50_us) if latency else "",
+            format_latency(m.p99_us) if latency else "",
             _cpu_cell(m),
             vs_cell,
             target_text,

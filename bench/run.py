@@ -5,7 +5,10 @@ Scenarios (bench/README.md explains each and how to read the ratios):
 handler on uvicorn and on granian (fast mode), plus bare granian RSGI as the fast-mode
 reference; (c) a Starlette app through the node vs on plain uvicorn; (d) a KV read per
 request through the node vs a bare sqlite3 read on plain uvicorn; (e) ``kv.get`` in
-process vs a bare sqlite3 point read.
+process vs a bare sqlite3 point read; isolation: (f) hello in isolated workers vs in
+process vs (a); (g) cold start of a scaled-to-zero pool and of a brand-new node; (h)
+memory of idle workers and the zygote; (i) hello's latency while a neighbour deployment
+burns CPU into its limit.
 
 wrk runs on one core, the servers on the other (``taskset -c``); all servers stay up
 for the whole run, idle except the one under load. Results print as a table and go
@@ -36,6 +39,18 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from cpustat import CpuMeter, CpuShares, busy_fraction
+from isolation import (
+    IsolationError,
+    MemoryUse,
+    Noise,
+    cold_starts,
+    get,
+    memory_use,
+    new_deployments,
+    node_json,
+    percentile,
+    wait_for_pool,
+)
 from kv_micro import create_point_db
 from loadgen import WrkError, WrkResult, run_wrk
 from report import CONTENDED, Failure, Measurement, Results, format_latency
@@ -51,9 +66,18 @@ from rich.progress import (
 from rich.text import Text
 from scenarios import (
     BENCH_DIR,
+    COLDSTART_DEPLOYMENT,
+    COLDSTART_PROJECT,
+    ISOLATION_LABELS,
+    MEMORY_DEPLOYMENT,
+    MEMORY_PROJECT,
     MICRO_BASELINE,
     MICRO_KV,
     MICRO_LABELS,
+    NOISY_CLIENTS,
+    NOISY_PROJECTS,
+    NOISY_SPECS,
+    PROJECTS_DIR,
     SPECS,
     ServerSpec,
     select,
@@ -76,6 +100,8 @@ class Settings:
     server_cpu: int
     micro_batches: int
     quick: bool
+    cold_trials: int = 50
+    new_trials: int = 30
 
 
 def _display(path: Path) -> str:
@@ -114,6 +140,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help="first wait up to SECONDS for the two cores to be < 10%% busy (shared machines)",
     )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=50,
+        help="cold starts of a scaled-to-zero pool timed by (g) (default 50; --quick: 10)",
+    )
+    parser.add_argument(
+        "--new-trials",
+        type=int,
+        default=30,
+        help="brand-new node starts timed by (g), ~1 s each (default 30; --quick: 3)",
+    )
     parser.add_argument("--client-cpu", type=int, help="core for wrk (default: first allowed)")
     parser.add_argument("--server-cpu", type=int, help="core for servers (default: second)")
     parser.add_argument(
@@ -123,8 +161,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where to write the results (default: bench/results/latest.json)",
     )
     args = parser.parse_args(argv)
-    if args.duration < 1 or args.warmup < 0 or args.rounds < 1:
-        parser.error("--duration must be >= 1, --warmup >= 0 and --rounds >= 1")
+    if (
+        args.duration < 1
+        or args.warmup < 0
+        or args.rounds < 1
+        or min(args.trials, args.new_trials) < 1
+    ):
+        parser.error("--duration must be >= 1, --warmup >= 0, --rounds and the trials >= 1")
     return args
 
 
@@ -193,10 +236,18 @@ class Bench:
         self.cpus = {settings.client_cpu, settings.server_cpu}
         self.results = Results()
 
-    def steps(self, specs: tuple[ServerSpec, ...], micro: bool) -> int:
-        """Progress steps of a run: one start per server, one per point per round, (e)."""
+    def steps(self, specs: tuple[ServerSpec, ...], micro: bool, extras: tuple[str, ...]) -> int:
+        """Progress steps of a run: one start per server, one per point per round, (e),
+        two for (g), one for (h), one start and one per point per round for (i)."""
         points = sum(len(s.connections) for s in specs)
-        return len(specs) + self.settings.rounds * points + (1 if micro else 0)
+        noisy = sum(len(s.connections) for s in NOISY_SPECS) * self.settings.rounds + 1
+        extra = {"g": 2, "h": 1, "i": noisy}
+        return (
+            len(specs)
+            + self.settings.rounds * points
+            + (1 if micro else 0)
+            + sum(extra[g] for g in extras)
+        )
 
     def _status(self, text: str) -> None:
         self.progress.update(self.task, description=text)
@@ -391,12 +442,298 @@ class Bench:
                 count=int(summary["calls"]),
                 baseline=MICRO_BASELINE if key == MICRO_KV else None,
                 runs=(summary,),
+                kind="micro",
             )
             self.results.measurements.append(m)
             self.console.print(
                 f"  [green]✓[/] (e) {m.label}: p50 {format_latency(m.p50_us)}, "
                 f"p99 {format_latency(m.p99_us)}"
             )
+
+    # -- isolation: (g) cold start, (h) memory, (i) noisy neighbour ------------------------
+
+    def measure_extras(self, extras: tuple[str, ...]) -> None:
+        """Run the isolation groups that are not wrk rounds, each on its own node."""
+        for group in extras:
+            try:
+                {"g": self.measure_cold, "h": self.measure_memory, "i": self.measure_noisy}[group]()
+            finally:
+                self.pool.stop_all()
+
+    def _start_node(self, name: str, projects: tuple[Path, ...]) -> RunningServer:
+        argv = [
+            "node", *map(str, projects), "--host", "127.0.0.1", "--port", "0",
+            "--state-dir", str(self.tmp / name),
+        ]  # fmt: skip
+        server = self.pool.start_edgerun(name, argv)
+        check_response(server.url, b"hello")
+        return server
+
+    def _trials_row(
+        self, key: str, samples_ms: list[float], note: str, extra: dict[str, float]
+    ) -> Measurement:
+        p50 = statistics.median(samples_ms)
+        p99 = percentile(samples_ms, 0.99)
+        m = Measurement(
+            key=key,
+            group=key.split(".")[0],
+            label=ISOLATION_LABELS[key],
+            connections=None,
+            rps=0.0,
+            p50_us=p50 * 1e3,
+            p99_us=p99 * 1e3,
+            count=len(samples_ms),
+            kind="trials",
+            trials=f"{len(samples_ms)} trials",
+            note=note,
+            extra={"p50_ms": p50, "p99_ms": p99, "max_ms": max(samples_ms)} | extra,
+            runs=({"samples_ms": [round(x, 3) for x in samples_ms]},),
+        )
+        self.results.measurements.append(m)
+        self.console.print(
+            f"  [green]✓[/] ({m.group}) {m.label}: p50 {format_latency(m.p50_us)}, "
+            f"p99 {format_latency(m.p99_us)} over {m.count} trials"
+        )
+        return m
+
+    def measure_cold(self) -> None:
+        """(g) Cold start of a scaled-to-zero pool, then of a brand-new node + project."""
+        s = self.settings
+        key = "g.cold"
+        server: RunningServer | None = None
+        try:
+            self._status(f"(g) {ISOLATION_LABELS[key]}: {s.cold_trials} trials")
+            server = self._start_node("g-coldstart", (COLDSTART_PROJECT,))
+            run = cold_starts(server.url, COLDSTART_DEPLOYMENT, s.cold_trials, b"hello")
+        except _ERRORS as exc:
+            self._fail(key, "g", ISOLATION_LABELS[key], exc, server)
+        else:
+            warm_p50 = statistics.median(run.warm_ms)
+            cold_p50 = statistics.median(run.cold_ms)
+            zygote = "zygote kept" if run.zygote_kept else "zygote was NOT kept"
+            note = (
+                f"warm request right after: p50 {warm_p50:.2f} ms, "
+                f"p99 {percentile(run.warm_ms, 0.99):.2f} ms\n"
+                f"cold start adds {cold_p50 - warm_p50:+.2f} ms p50\n"
+                f"node counted {run.counted}/{len(run.cold_ms)} cold starts ({zygote})"
+            )
+            self._trials_row(
+                key,
+                run.cold_ms,
+                note,
+                {"warm_p50_ms": warm_p50, "counted": float(run.counted)},
+            )
+        finally:
+            self.progress.advance(self.task)
+            if server is not None:
+                server.stop()
+        key = "g.new"
+        try:
+            self._status(f"(g) {ISOLATION_LABELS[key]}: {s.new_trials} trials")
+            new = new_deployments(
+                PROJECTS_DIR / "hello-isolated",
+                s.new_trials,
+                cpu=s.server_cpu,
+                state_root=self.tmp / "g-new",
+                free_port=free_port,
+            )
+        except _ERRORS as exc:
+            self._fail(key, "g", ISOLATION_LABELS[key], exc)
+        else:
+            extra: dict[str, float] = {}
+            note = "fresh node process on a new state dir"
+            if new.ready_ms:
+                ready_p50 = statistics.median(new.ready_ms)
+                gap = [f - r for f, r in zip(new.first_ms, new.ready_ms, strict=False)]
+                extra = {"ready_p50_ms": ready_p50, "ready_to_200_p50_ms": statistics.median(gap)}
+                note += (
+                    f"\nready line at p50 {ready_p50:.0f} ms,\n"
+                    f"first 200 p50 {statistics.median(gap):.1f} ms after it"
+                )
+            self._trials_row(key, new.first_ms, note, extra)
+        finally:
+            self.progress.advance(self.task)
+
+    def measure_memory(self) -> None:
+        """(h) PSS/USS of each idle worker, the zygote and the node, after some load."""
+        s = self.settings
+        server: RunningServer | None = None
+        key = "h.worker"
+        try:
+            self._status("(h) memory: load, then idle")
+            server = self._start_node("h-memory", (MEMORY_PROJECT,))
+            # Load at 64 connections grows the pool to max_workers and has every worker
+            # run the handler (touching, so un-sharing, its share of the zygote's pages).
+            self._wrk(server.url, 64, max(1, s.warmup_s))
+            wait_for_pool(server.url, MEMORY_DEPLOYMENT, zero=False)
+            time.sleep(0.5)
+            pool = wait_for_pool(server.url, MEMORY_DEPLOYMENT, zero=False)
+            workers = [memory_use(w["pid"]) for w in pool["workers"]]
+            zygote = memory_use(pool["zygote"]) if pool["zygote"] is not None else None
+            node = memory_use(server.process.pid)
+        except _ERRORS as exc:
+            self._fail(key, "h", ISOLATION_LABELS[key], exc, server)
+            return
+        finally:
+            self.progress.advance(self.task)
+            if server is not None:
+                server.stop()
+        total_pss = sum(w.pss for w in workers) + (zygote.pss if zygote else 0)
+        self._memory_row(
+            "h.worker",
+            workers,
+            f"{len(workers)} idle",
+            f"\nzygote + workers together: PSS {_mib(total_pss):.1f} MiB",
+        )
+        if zygote is not None:
+            self._memory_row("h.zygote", [zygote], "1")
+        else:
+            err = IsolationError("/__edgerun/pools reports no live zygote")
+            self._fail("h.zygote", "h", ISOLATION_LABELS["h.zygote"], err)
+        self._memory_row("h.node", [node], "1")
+
+    def _memory_row(self, key: str, procs: list[MemoryUse], shown: str, more: str = "") -> None:
+        uss = [_mib(p.uss) for p in procs]
+        pss = [_mib(p.pss) for p in procs]
+        rss = [_mib(p.rss) for p in procs]
+        many = len(procs) > 1
+        note = (
+            f"USS {statistics.median(uss):.1f} MiB"
+            + (f" (max {max(uss):.1f})" if many else "")
+            + f" · PSS {statistics.median(pss):.1f} MiB"
+            + (f" (max {max(pss):.1f})" if many else "")
+            + f" · RSS {statistics.median(rss):.1f} MiB"
+            + more
+        )
+        m = Measurement(
+            key=key,
+            group="h",
+            label=ISOLATION_LABELS[key],
+            connections=None,
+            rps=0.0,
+            p50_us=0.0,
+            p99_us=0.0,
+            count=len(procs),
+            kind="memory",
+            trials=shown,
+            note=note,
+            # The target is judged on the largest worker: every idle worker must fit.
+            extra={
+                "uss_mib": max(uss),
+                "uss_median_mib": statistics.median(uss),
+                "pss_median_mib": statistics.median(pss),
+                "rss_median_mib": statistics.median(rss),
+            },
+            runs=tuple(dataclasses.asdict(p) for p in procs),
+        )
+        self.results.measurements.append(m)
+        self.console.print(f"  [green]✓[/] (h) {m.label}: {note.splitlines()[0]}")
+
+    def measure_noisy(self) -> None:
+        """(i) hello's latency with the burner deployment idle vs hammered, same node."""
+        s = self.settings
+        quiet, noisy = NOISY_SPECS
+        server: RunningServer | None = None
+        try:
+            self._status("(i) noisy neighbour: starting")
+            server = self._start_node("i-noisy", NOISY_PROJECTS)
+            status, body = get(server.url, "/burn", timeout_s=30.0)
+            code = json.loads(body).get("error", {}).get("code") if status == 503 else None
+            if code != "exceeded_cpu":
+                raise IsolationError(
+                    f"GET /burn answered {status} {body[:200]!r}; expected 503 exceeded_cpu"
+                )
+            if s.warmup_s:
+                self._wrk(server.url, 64, s.warmup_s)
+        except _ERRORS as exc:
+            self._fail(quiet.key, "i", quiet.label, exc, server)
+            self.progress.advance(self.task, 1 + s.rounds * 4)
+            if server is not None:
+                server.stop()
+            return
+        self.progress.advance(self.task)
+        runs: dict[tuple[str, int], list[tuple[WrkResult, CpuShares]]] = {}
+        noise_runs: list[WrkResult] = []
+        try:
+            for round_no in range(s.rounds):
+                order = NOISY_SPECS if round_no % 2 == 0 else NOISY_SPECS[::-1]
+                for spec in order:
+                    for conns in spec.connections:
+                        self._status(f"(i) {spec.label}: {conns} conn, {s.duration_s}s")
+                        noise: Noise | None = None
+                        if spec is noisy:
+                            noise = Noise(
+                                server.url + "burn",
+                                connections=NOISY_CLIENTS,
+                                cpu=s.client_cpu,
+                                max_s=s.duration_s + 30,
+                            )
+                            time.sleep(0.2 if s.quick else 0.5)  # burners first
+                        meter = CpuMeter(self.cpus, server.process.pid)
+                        try:
+                            meter.start()
+                            result = self._wrk(server.url, conns, s.duration_s)
+                            shares = meter.stop()
+                        finally:
+                            self.progress.advance(self.task)
+                            if noise is not None:
+                                noise_runs.append(noise.stop())
+                        runs.setdefault((spec.key, conns), []).append((result, shares))
+            usage = node_json(server.url, "usage").get("bench-burner", {})
+        except _ERRORS as exc:
+            self._fail(noisy.key, "i", noisy.label, exc, server)
+            return
+        finally:
+            server.stop()
+        for spec in NOISY_SPECS:
+            for conns in spec.connections:
+                m = _combine(spec, conns, runs[(spec.key, conns)])
+                self.results.measurements.append(m)
+                self.console.print(
+                    f"  [green]✓[/] (i) {spec.label} @{conns}: {m.rps:,.0f} req/s, "
+                    f"p50 {format_latency(m.p50_us)}, p99 {format_latency(m.p99_us)}"
+                    + (f" [red]({m.errors} errors)[/]" if m.errors else "")
+                )
+        total = sum(r.requests for r in noise_runs)
+        not_ok = sum(r.non_2xx + r.socket_errors for r in noise_runs)
+        errors = usage.get("errors", {})
+        shown = ", ".join(f"{n:,} {code}" for code, n in errors.items()) or "none"
+        m = Measurement(
+            key="i.burner",
+            group="i",
+            label=ISOLATION_LABELS["i.burner"],
+            connections=None,
+            rps=0.0,
+            p50_us=statistics.median(r.p50_us for r in noise_runs),
+            p99_us=statistics.median(r.p99_us for r in noise_runs),
+            count=total,
+            kind="trials",
+            trials=f"{NOISY_CLIENTS} clients",
+            note=(
+                f"{total:,} requests while measured, {not_ok:,} not 2xx\n"
+                f"node usage errors (whole run): {shown}"
+            ),
+            extra={"requests": float(total), "not_2xx": float(not_ok)}
+            | {f"usage_{code}": float(n) for code, n in errors.items()},
+            runs=tuple(dataclasses.asdict(r) for r in noise_runs),
+        )
+        self.results.measurements.append(m)
+        self.console.print(f"  [green]✓[/] (i) {m.label}: {m.note.splitlines()[0]}")
+
+
+_ERRORS = (
+    ServerError,
+    IsolationError,
+    WrkError,
+    OSError,
+    subprocess.SubprocessError,
+    KeyError,
+    ValueError,
+)
+
+
+def _mib(kib: int) -> float:
+    return kib / 1024
 
 
 def _combine(
@@ -442,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         Console(stderr=True).print(f"[bold red]error:[/] {problem}")
         return 2
     try:
-        specs, micro = select(args.only)
+        specs, micro, extras = select(args.only)
     except ValueError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}")
         return 2
@@ -456,6 +793,8 @@ def main(argv: list[str] | None = None) -> int:
         server_cpu=server_cpu,
         micro_batches=400 * duration,
         quick=args.quick,
+        cold_trials=min(args.trials, 10) if args.quick else args.trials,
+        new_trials=min(args.new_trials, 3) if args.quick else args.new_trials,
     )
     # The harness itself (rich's refresh, the checks) stays off the server's core.
     os.sched_setaffinity(0, {client_cpu})
@@ -483,10 +822,15 @@ def main(argv: list[str] | None = None) -> int:
         refresh_per_second=4,
     )
     with tempfile.TemporaryDirectory(prefix="edgerun-bench-") as tmp, progress:
+        # Searchable by others (not listable): isolated workers drop to an unprivileged
+        # user only when they can reach their deployment's state directory, as in
+        # production; under a 0700 temp directory they would stay root.
+        os.chmod(tmp, 0o711)
         bench = Bench(settings, console, progress, Path(tmp))
-        progress.update(bench.task, total=bench.steps(specs, micro))
+        progress.update(bench.task, total=bench.steps(specs, micro, extras))
         try:
             bench.measure_all(specs)
+            bench.measure_extras(extras)
             if micro:
                 bench.measure_micro()
         except KeyboardInterrupt:
@@ -494,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             bench.pool.stop_all()
     results = bench.results
-    labels = {s.key: s.label for s in SPECS} | MICRO_LABELS
+    labels = {s.key: s.label for s in (*SPECS, *NOISY_SPECS)} | MICRO_LABELS | ISOLATION_LABELS
     console.print()
     console.print(results.table(labels))
     meta = {

@@ -14,10 +14,21 @@ from typing import Literal
 
 __all__ = [
     "BENCH_DIR",
+    "COLDSTART_DEPLOYMENT",
+    "COLDSTART_PROJECT",
+    "EXTRA_GROUPS",
     "GROUPS",
+    "ISOLATION_LABELS",
+    "MEMORY_DEPLOYMENT",
+    "MEMORY_PROJECT",
     "MICRO_BASELINE",
     "MICRO_KV",
     "MICRO_LABELS",
+    "NOISY_CLIENTS",
+    "NOISY_PROJECTS",
+    "NOISY_QUIET",
+    "NOISY_SPECS",
+    "PROJECTS_DIR",
     "SPECS",
     "TARGETS",
     "ServerSpec",
@@ -35,7 +46,14 @@ GROUPS: dict[str, str] = {
     "c": "Starlette app: node vs plain uvicorn",
     "d": "KV read per request: node vs bare sqlite3 on uvicorn",
     "e": "KV get in process: binding vs bare sqlite3",
+    "f": "isolation: hello in worker processes vs in-process vs raw uvicorn",
+    "g": "cold start: first request to a scaled-to-zero / brand-new deployment",
+    "h": "memory: idle workers and zygote (smaps_rollup)",
+    "i": "noisy neighbour: hello while another deployment burns CPU",
 }
+
+EXTRA_GROUPS = ("g", "h", "i")
+"""Groups measured by bench/isolation.py rather than by the wrk rounds over ``SPECS``."""
 
 Kind = Literal["uvicorn", "granian", "edgerun"]
 
@@ -97,7 +115,43 @@ SPECS: tuple[ServerSpec, ...] = (
         "d.node", "d", "node · env.KV.get per request", "edgerun",
         PROJECTS_DIR / "kv", expect_body=b"v", baseline="d.uvicorn", seed_kv=True,
     ),
+    ServerSpec(
+        "f.isolated", "f", "node · hello in isolated workers", "edgerun",
+        PROJECTS_DIR / "hello-isolated", baseline="a.uvicorn", reference="f.inprocess",
+    ),
+    ServerSpec(
+        "f.inprocess", "f", "in-process node · same hello", "edgerun",
+        PROJECTS_DIR / "hello-inprocess", baseline="a.uvicorn",
+    ),
 )  # fmt: skip
+
+# (i): one node serving hello-isolated (routes */*) next to the burner (routes */burn).
+NOISY_PROJECTS = (PROJECTS_DIR / "hello-isolated", PROJECTS_DIR / "burner")
+NOISY_CLIENTS = 4
+"""Concurrent clients hammering the burner; each request holds one burner worker."""
+NOISY_QUIET = "i.quiet"
+NOISY_SPECS: tuple[ServerSpec, ...] = (
+    ServerSpec(
+        NOISY_QUIET, "i", "hello, neighbour idle", "edgerun", NOISY_PROJECTS[0],
+    ),
+    ServerSpec(
+        "i.noisy", "i", f"hello, neighbour burning ({NOISY_CLIENTS} clients)", "edgerun",
+        NOISY_PROJECTS[0], baseline=NOISY_QUIET,
+    ),
+)  # fmt: skip
+
+COLDSTART_PROJECT = PROJECTS_DIR / "coldstart"
+COLDSTART_DEPLOYMENT = "bench-coldstart"
+MEMORY_PROJECT = PROJECTS_DIR / "hello-pool"
+MEMORY_DEPLOYMENT = "bench-hello-pool"
+ISOLATION_LABELS = {
+    "g.cold": "scaled to zero → first 200 (fork from zygote)",
+    "g.new": "brand-new deployment: node start → first 200",
+    "h.worker": "idle worker (each)",
+    "h.zygote": "zygote",
+    "h.node": "node process (for scale)",
+    "i.burner": "the neighbour: burner deployment",
+}
 
 MICRO_BASELINE = "e.sqlite"
 MICRO_KV = "e.kv"
@@ -106,7 +160,7 @@ MICRO_LABELS = {
     MICRO_KV: "await kv.get() (sqlite backend)",
 }
 
-Metric = Literal["rps_ratio", "p99_added_ms", "p50_us"]
+Metric = Literal["rps_ratio", "p99_added_ms", "p50_us", "uss_mib"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +186,15 @@ TARGETS: tuple[Target, ...] = (
     Target("b.node-fast", 1, "p99_added_ms", 1.0, False, "≤ 1 ms p99 added"),
     Target("c.node", 64, "rps_ratio", 0.9, True, "within 10% of plain uvicorn"),
     Target(MICRO_KV, None, "p50_us", 20.0, False, "p50 ≤ 20 µs"),
+    Target("f.isolated", 64, "rps_ratio", 0.6, True, "≥ 0.6x baseline req/s"),
+    Target("g.cold", None, "p50_us", 10_000.0, False, "p50 ≤ 10 ms"),
+    Target("h.worker", None, "uss_mib", 10.0, False, "USS ≤ 10 MiB (largest)"),
 )
 
 
-def select(groups: str | None) -> tuple[tuple[ServerSpec, ...], bool]:
-    """The specs for comma-separated ``groups`` (all if None) and whether to run (e).
+def select(groups: str | None) -> tuple[tuple[ServerSpec, ...], bool, tuple[str, ...]]:
+    """The specs for comma-separated ``groups`` (all if None), whether to run (e), and
+    which of the ``EXTRA_GROUPS`` (g, h, i) to run.
 
     A spec's baseline and reference are always included, so every ratio printed has
     its denominator measured in the same run.
@@ -153,4 +211,5 @@ def select(groups: str | None) -> tuple[tuple[ServerSpec, ...], bool]:
         if needed <= keys:
             break
         keys |= needed
-    return tuple(s for s in SPECS if s.key in keys), "e" in wanted
+    extras = tuple(g for g in EXTRA_GROUPS if g in wanted)
+    return tuple(s for s in SPECS if s.key in keys), "e" in wanted, extras

@@ -640,6 +640,8 @@ def _project_name(project: Path | str | None) -> str:
     if isinstance(project, str):
         return project
     directory = project if project is not None else Path(".")
+    if project is None and not (directory / "edgerun.toml").exists():
+        raise _fail("which project? pass --project NAME or run this inside a project directory")
     return _guard(lambda: load_project(directory)).name
 
 

@@ -3,25 +3,29 @@
 A new backend joins by adding its name to ``BACKENDS`` (and to ``SHARED_BACKENDS`` if
 separate ``KVNamespace`` objects on it share one store) plus a branch in
 ``KVFactory.__call__``. Time is a ``FakeClock``: TTL tests advance it, never sleep.
+The nats backend runs against the session's real ``nats-server`` (``nats_server``
+fixture), with bucket names unique to each test.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edgerun.bindings.kv import KVKey, KVLimits, KVNamespace, open_kv
+from edgerun.bindings.kv import KVConflict, KVKey, KVLimits, KVNamespace, open_kv
 from edgerun.clock import FakeClock
 from edgerun.errors import KVError, KVValidationError
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "nats"]
 # Backends where two KVNamespace objects can reach the same data (a file, a server).
-SHARED_BACKENDS = ["sqlite"]
+SHARED_BACKENDS = ["sqlite", "nats"]
 
 MIB = 1024 * 1024
 
@@ -33,9 +37,12 @@ class KVFactory:
     the same ``namespace`` reach the same data.
     """
 
-    def __init__(self, backend: str, directory: Path) -> None:
+    def __init__(self, backend: str, directory: Path, nats_url: str | None = None) -> None:
         self.backend = backend
         self.path = directory / "kv.sqlite3"
+        self.nats_url = nats_url
+        # One NATS server serves the whole session: namespaces get a per-test suffix.
+        self._suffix = uuid.uuid4().hex[:12]
         self._opened: list[KVNamespace] = []
 
     def __call__(
@@ -49,6 +56,14 @@ class KVFactory:
             kv = open_kv(namespace, backend="memory", clock=clock, limits=limits)
         elif self.backend == "sqlite":
             kv = open_kv(namespace, backend="sqlite", path=self.path, clock=clock, limits=limits)
+        elif self.backend == "nats":
+            kv = open_kv(
+                f"{namespace}-{self._suffix}",
+                backend="nats",
+                url=self.nats_url,
+                clock=clock,
+                limits=limits,
+            )
         else:  # pragma: no cover - a backend listed without a branch here
             raise AssertionError(f"no factory for backend {self.backend!r}")
         self._opened.append(kv)
@@ -59,9 +74,16 @@ class KVFactory:
             await kv.close()
 
 
+def _factory(request: pytest.FixtureRequest, tmp_path: Path) -> KVFactory:
+    url = None
+    if request.param == "nats":  # only nats tests start (or reuse) the server
+        url = request.getfixturevalue("nats_server").url
+    return KVFactory(request.param, tmp_path, url)
+
+
 @pytest.fixture(params=BACKENDS)
 async def make_kv(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KVFactory]:
-    factory = KVFactory(request.param, tmp_path)
+    factory = _factory(request, tmp_path)
     yield factory
     await factory.close_all()
 
@@ -70,7 +92,7 @@ async def make_kv(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 async def make_shared_kv(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[KVFactory]:
-    factory = KVFactory(request.param, tmp_path)
+    factory = _factory(request, tmp_path)
     yield factory
     await factory.close_all()
 
@@ -558,17 +580,20 @@ async def test_nan_is_not_a_key_part(kv: KVNamespace) -> None:
 
 async def test_value_size_limit_and_inverted_twin(make_kv: KVFactory, clock: FakeClock) -> None:
     kv = make_kv(clock)
-    at_limit = b"\x00" * (25 * MIB)
+    # Each backend documents its own default (25 MiB; one NATS message on nats).
+    limit = kv.limits.max_value_bytes
+    assert limit >= MIB - 4096
+    at_limit = b"\x00" * limit
     await kv.put("big", at_limit)
     assert await kv.get("big", type="bytes") == at_limit
     with pytest.raises(
-        KVValidationError, match=f"value is {25 * MIB + 1} bytes; the limit is {25 * MIB} bytes"
+        KVValidationError, match=f"value is {limit + 1} bytes; the limit is {limit} bytes"
     ):
         await kv.put("too-big", at_limit + b"\x00")
     assert await kv.get("too-big") is None
-    roomy = make_kv(clock, KVLimits(max_value_bytes=25 * MIB + 1))
+    roomy = make_kv(clock, KVLimits(max_value_bytes=limit + 1))
     await roomy.put("too-big", at_limit + b"\x00")
-    assert len(await roomy.get("too-big", type="bytes") or b"") == 25 * MIB + 1
+    assert len(await roomy.get("too-big", type="bytes") or b"") == limit + 1
 
 
 async def test_str_value_limit_counts_utf8_bytes(make_kv: KVFactory, clock: FakeClock) -> None:
@@ -653,3 +678,213 @@ async def test_namespaces_in_one_store_are_isolated(
     assert await all_keys(users) == ["k"]
     await users.delete("k")
     assert await sessions.get("k") == "session"
+
+
+# --- compare-and-set and atomic operations --------------------------------------------
+
+
+async def test_get_entry_returns_value_metadata_and_revision(kv: KVNamespace) -> None:
+    missing = await kv.get_entry("k")
+    assert (missing.value, missing.metadata, missing.revision) == (None, None, None)
+    await kv.put("k", "v1", metadata={"m": 1})
+    first = await kv.get_entry("k")
+    assert (first.value, first.metadata) == ("v1", {"m": 1})
+    assert isinstance(first.revision, str)
+    assert (await kv.get_entry("k")).revision == first.revision  # no write, same revision
+    await kv.put("k", "v2")
+    second = await kv.get_entry("k", type="bytes")
+    assert second.value == b"v2"
+    assert second.revision != first.revision
+
+
+async def test_put_if_revision_succeeds_then_conflicts(kv: KVNamespace) -> None:
+    await kv.put("k", "v1")
+    seen = await kv.get_entry("k")
+    await kv.put("k", "v2", if_revision=seen.revision)
+    assert await kv.get("k") == "v2"
+    with pytest.raises(KVConflict, match="no longer at revision"):
+        await kv.put("k", "v3", if_revision=seen.revision)  # stale revision
+    assert await kv.get("k") == "v2"
+
+
+async def test_put_if_revision_none_means_must_not_exist(kv: KVNamespace) -> None:
+    await kv.put("new", "first", if_revision=None)
+    with pytest.raises(KVConflict, match="exists"):
+        await kv.put("new", "second", if_revision=None)
+    assert await kv.get("new") == "first"
+    await kv.delete("new")  # deleted counts as missing again
+    await kv.put("new", "third", if_revision=None)
+    assert await kv.get("new") == "third"
+
+
+async def test_a_recreated_key_does_not_match_an_old_revision(kv: KVNamespace) -> None:
+    await kv.put("k", "v")
+    old = (await kv.get_entry("k")).revision
+    await kv.delete("k")
+    await kv.put("k", "v")
+    assert (await kv.get_entry("k")).revision != old
+    with pytest.raises(KVConflict):
+        await kv.put("k", "w", if_revision=old)
+
+
+async def test_expired_keys_count_as_missing_for_checks(kv: KVNamespace, clock: FakeClock) -> None:
+    await kv.put("k", "v", expiration_ttl=60)
+    seen = await kv.get_entry("k")
+    clock.advance(60)
+    assert (await kv.get_entry("k")).revision is None
+    assert not (await kv.atomic().check("k", seen.revision).set("k", "x").commit()).ok
+    assert (await kv.atomic().check("k", None).set("k", "fresh").commit()).ok
+    assert await kv.get("k") == "fresh"
+
+
+async def test_atomic_commit_returns_new_revisions(kv: KVNamespace) -> None:
+    result = await kv.atomic().check("a", None).set("a", "1", metadata={"x": 1}).commit()
+    assert result.ok
+    entry = await kv.get_entry("a")
+    assert result.revisions == {"a": entry.revision}
+    assert (entry.value, entry.metadata) == ("1", {"x": 1})
+
+
+async def test_atomic_multi_key_all_or_nothing(kv: KVNamespace) -> None:
+    await kv.put(("acct", "a"), "100")
+    await kv.put(("acct", "b"), "0")
+    a = await kv.get_entry(("acct", "a"))
+    b = await kv.get_entry(("acct", "b"))
+    ok = await (
+        kv.atomic()
+        .check(("acct", "a"), a.revision)
+        .check(("acct", "b"), b.revision)
+        .set(("acct", "a"), "70")
+        .set(("acct", "b"), "30", expiration_ttl=3600)
+        .delete(("acct", "gone"))
+        .commit()
+    )
+    assert ok.ok
+    assert await kv.get(("acct", "a")) == "70"
+    assert await kv.get(("acct", "b")) == "30"
+    assert ok.revisions[("acct", "b")] == (await kv.get_entry(("acct", "b"))).revision
+    # Replaying the same stale checks must change nothing at all.
+    stale = await (
+        kv.atomic()
+        .check(("acct", "a"), a.revision)
+        .check(("acct", "b"), b.revision)
+        .set(("acct", "a"), "0")
+        .set(("acct", "b"), "100")
+        .commit()
+    )
+    assert (stale.ok, stale.revisions) == (False, {})
+    assert await kv.get(("acct", "a")) == "70"
+    assert await kv.get(("acct", "b")) == "30"
+    # One stale check among fresh ones is enough to refuse the whole operation.
+    fresh_a = await kv.get_entry(("acct", "a"))
+    partial = await (
+        kv.atomic()
+        .check(("acct", "a"), fresh_a.revision)
+        .check(("acct", "b"), b.revision)
+        .set(("acct", "a"), "1")
+        .set(("acct", "b"), "2")
+        .commit()
+    )
+    assert not partial.ok
+    assert await kv.get(("acct", "a")) == "70"
+
+
+async def test_atomic_check_not_exists_and_delete(kv: KVNamespace) -> None:
+    await kv.put("taken", "x")
+    refused = (
+        await kv.atomic()
+        .check("taken", None)
+        .check("free", None)
+        .set("taken", "y")
+        .set("free", "y")
+        .commit()
+    )
+    assert not refused.ok
+    assert await kv.get("free") is None
+    taken = await kv.get_entry("taken")
+    done = (
+        await kv.atomic().check("taken", taken.revision).delete("taken").set("free", "y").commit()
+    )
+    assert done.ok
+    assert done.revisions.keys() == {"free"}
+    assert await kv.get("taken") is None
+    assert await kv.get("free") == "y"
+
+
+async def test_atomic_contradictory_checks_and_empty_commit(kv: KVNamespace) -> None:
+    await kv.put("k", "v")
+    rev = (await kv.get_entry("k")).revision
+    assert not (await kv.atomic().check("k", rev).check("k", None).set("k", "w").commit()).ok
+    assert await kv.get("k") == "v"
+    assert (await kv.atomic().commit()).ok
+    op = kv.atomic().set("k", "w")
+    await op.commit()
+    with pytest.raises(KVError, match="already committed"):
+        await op.commit()
+
+
+async def test_atomic_validates_like_put(kv: KVNamespace) -> None:
+    with pytest.raises(KVValidationError, match=r"json\.dumps"):
+        kv.atomic().set("k", {"not": "a str"})  # type: ignore[arg-type]
+    with pytest.raises(KVValidationError, match="revision must be a str"):
+        kv.atomic().check("k", 7)  # type: ignore[arg-type]
+    with pytest.raises(KVValidationError, match="empty"):
+        kv.atomic().delete("")
+
+
+async def test_atomic_mutation_limit_and_inverted_twin(
+    make_kv: KVFactory, clock: FakeClock
+) -> None:
+    kv = make_kv(clock, KVLimits(max_atomic_mutations=3))
+    op = kv.atomic().set("a", "1").set("b", "1").set("c", "1").set("a", "2")  # same key: ok
+    with pytest.raises(KVValidationError, match="4 writes; the limit is 3"):
+        op.set("d", "1")
+    assert (await op.commit()).ok
+    assert await kv.get("a") == "2"
+    roomy = make_kv(clock, KVLimits(max_atomic_mutations=4))
+    assert (
+        await roomy.atomic().set("a", "1").set("b", "1").set("c", "1").set("d", "1").commit()
+    ).ok
+
+
+async def test_concurrent_increments_lose_no_update(kv: KVNamespace) -> None:
+    tasks, increments = 20, 10
+
+    async def worker() -> int:
+        conflicts = 0
+        for _ in range(increments):
+            while True:
+                entry = await kv.get_entry("counter")
+                n = int(entry.value or 0) + 1
+                result = (
+                    await kv.atomic()
+                    .check("counter", entry.revision)
+                    .set("counter", str(n))
+                    .commit()
+                )
+                if result.ok:
+                    break
+                conflicts += 1
+        return conflicts
+
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    assert await kv.get("counter") == str(tasks * increments)
+
+
+async def test_concurrent_put_if_revision_across_namespace_objects(
+    make_shared_kv: KVFactory, clock: FakeClock
+) -> None:
+    clients = [make_shared_kv(clock) for _ in range(4)]
+
+    async def worker(kv: KVNamespace) -> None:
+        for _ in range(10):
+            while True:
+                entry = await kv.get_entry(("n",))
+                try:
+                    await kv.put(("n",), str(int(entry.value or 0) + 1), if_revision=entry.revision)
+                    break
+                except KVConflict:
+                    continue
+
+    await asyncio.gather(*(worker(kv) for kv in clients))
+    assert await clients[0].get(("n",)) == "40"

@@ -62,6 +62,24 @@ def normalize_host(host: str | None) -> str:
     """
     if not host:
         return ""
+    h = _normalized.get(host)
+    if h is not None:
+        return h
+    h = _normalize_host(host)
+    if len(host) <= _HOST_CACHE_KEY_MAX:
+        if len(_normalized) >= _HOST_CACHE_SIZE:
+            _normalized.clear()  # Host is client-chosen: keep the cache bounded
+        _normalized[host] = h
+    return h
+
+
+# normalize_host runs on every request, almost always for the same few Host values.
+_normalized: dict[str, str] = {}
+_HOST_CACHE_SIZE = 1024
+_HOST_CACHE_KEY_MAX = 256
+
+
+def _normalize_host(host: str) -> str:
     h = host.strip().lower()
     if h.startswith("["):
         end = h.find("]")

@@ -36,6 +36,8 @@ __all__ = ["AsgiFront"]
 
 _FRAMING_HEADERS_RAW = frozenset(name.encode() for name in FRAMING_HEADERS)
 _CLOSE = (b"connection", b"close")
+_ENCODED_NAMES: dict[str, bytes] = {}
+_ENCODED_NAMES_MAX = 1024
 
 
 class ResponseStreamFailed(Exception):
@@ -114,7 +116,8 @@ class AsgiFront:
             if respond is not None:
                 out_headers, close = _response_headers(response, body)
                 await respond(response.status, out_headers, content or b"", close)
-                await run_after(after)
+                if after is not None:
+                    await run_after(after)
                 return
         try:
             await self._send(send, receive, response, method, body)
@@ -201,12 +204,28 @@ def _response_headers(
     """The response's headers without framing ones, and whether to close the connection."""
     close = body is not None and body.error is not None
     headers: list[tuple[bytes, bytes]] = []
-    for name, value in response.headers.raw():
-        if name in _FRAMING_HEADERS_RAW:
+    source = response.headers
+    if source._raw is None:
+        # Decoded headers (a handler's): encode them here, names through a small cache
+        # since handlers send the same few names on every response.
+        names = _ENCODED_NAMES
+        for name, value in source._store:
+            if name in FRAMING_HEADERS:
+                close = close or (name == "connection" and value.lower() == "close")
+                continue
+            raw_name = names.get(name)
+            if raw_name is None:
+                raw_name = name.encode("latin-1")
+                if len(names) < _ENCODED_NAMES_MAX:
+                    names[name] = raw_name
+            headers.append((raw_name, value.encode("latin-1")))
+        return headers, close
+    for raw_name, raw_value in source.raw():
+        if raw_name in _FRAMING_HEADERS_RAW:
             # The handler may ask to close; any other framing value is the server's.
-            close = close or (name == b"connection" and value.lower() == b"close")
+            close = close or (raw_name == b"connection" and raw_value.lower() == b"close")
             continue
-        headers.append((name, value))
+        headers.append((raw_name, raw_value))
     return headers, close
 
 

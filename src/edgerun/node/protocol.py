@@ -314,7 +314,7 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
                 check_url(self._url_bytes, self.limits)
             except RequestError as exc:
                 raise self._fail(exc, in_body=False) from None
-        super().on_url(url)
+        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """Count headers and their bytes (431 past either cap)."""
@@ -326,22 +326,27 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
                 check_header_size(self._header_bytes, self._header_count, limits)
             except RequestError as exc:
                 raise self._fail(exc, in_body=False) from None
-        size = len(name)
-        if (size == 4 or size == 14 or size == 17) and self._in_head:
-            # Host, Content-Length, Transfer-Encoding (by length first: cheap).
-            lname = name.lower()
-            if lname == b"host":
-                self._hosts.append(value.decode("latin-1"))
-            elif lname == b"content-length":
-                self._lengths.append(value.decode("latin-1"))
-            elif lname == b"transfer-encoding":
-                self._encodings.append(value.decode("latin-1"))
         if not self._in_head:
             # A chunked trailer field. uvicorn would append it to the request's headers,
             # which the application may read later: that would let a client add headers
             # (a second Host, ...) after the head was checked. Trailers are dropped.
             return
-        super().on_header(name, value)
+        # uvicorn's on_header, inlined (lowercased names, Expect: 100-continue), plus the
+        # values check_framing needs, recognised by length first.
+        name = name.lower()
+        size = len(name)
+        if size == 4:
+            if name == b"host":
+                self._hosts.append(value.decode("latin-1"))
+        elif size == 14:
+            if name == b"content-length":
+                self._lengths.append(value.decode("latin-1"))
+        elif size == 17:
+            if name == b"transfer-encoding":
+                self._encodings.append(value.decode("latin-1"))
+        elif size == 6 and name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         """Check the complete head (400/413) before uvicorn starts the application."""

@@ -124,7 +124,7 @@ class RsgiFront:
                 break
         else:
             headers = Headers._trusted(raw_headers)
-        host = host_for_url(headers.get("host"), _split_address(scope.server))
+        host = headers.get("host") or host_for_url(None, _split_address(scope.server))
         body = GuardedBody(_body_source(proto), self._limits) if framing.has_body else None
         request = Request._from_server(
             method.upper(),

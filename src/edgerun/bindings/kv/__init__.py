@@ -1,7 +1,9 @@
 """The KV binding: ``env.KV`` (Cloudflare Workers KV API, Deno KV style tuple keys).
 
 ``open_kv`` builds a ``KVNamespace`` over a backend: ``"sqlite"`` (one file per
-project, many namespaces; the default) or ``"memory"`` (per process, for tests).
+project, many namespaces; the default), ``"memory"`` (per process, for tests) or
+``"nats"`` (a NATS JetStream KV bucket per namespace, shared by every node; needs the
+``nats`` extra). All three pass one conformance battery, compare-and-set included.
 """
 
 from __future__ import annotations
@@ -10,12 +12,23 @@ import os
 
 from edgerun.bindings.kv.api import (
     GetType,
+    KVAtomic,
+    KVCommitResult,
+    KVConflict,
     KVKeyInfo,
     KVListResult,
     KVNamespace,
     KVValueWithMetadata,
+    KVVersionedValue,
 )
-from edgerun.bindings.kv.backend import KVBackend, KVEntry, KVRecord
+from edgerun.bindings.kv.backend import (
+    KVBackend,
+    KVCheck,
+    KVEntry,
+    KVMutation,
+    KVRecord,
+    KVVersionedRecord,
+)
 from edgerun.bindings.kv.keys import KVKey, KVKeyPart
 from edgerun.bindings.kv.limits import DEFAULT_LIMITS, KVLimits
 from edgerun.bindings.kv.memory import MemoryKVBackend
@@ -26,22 +39,29 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_LIMITS",
     "GetType",
+    "KVAtomic",
     "KVBackend",
+    "KVCheck",
+    "KVCommitResult",
+    "KVConflict",
     "KVEntry",
     "KVKey",
     "KVKeyInfo",
     "KVKeyPart",
     "KVLimits",
     "KVListResult",
+    "KVMutation",
     "KVNamespace",
     "KVRecord",
     "KVValueWithMetadata",
+    "KVVersionedRecord",
+    "KVVersionedValue",
     "MemoryKVBackend",
     "SqliteKVBackend",
     "open_kv",
 ]
 
-BACKENDS = ("sqlite", "memory")
+BACKENDS = ("sqlite", "memory", "nats")
 """The backend names ``open_kv`` accepts."""
 
 
@@ -52,6 +72,7 @@ def open_kv(
     path: str | os.PathLike[str] | None = None,
     clock: Clock | None = None,
     limits: KVLimits | None = None,
+    url: str | None = None,
 ) -> KVNamespace:
     """Open KV namespace ``namespace`` on ``backend`` and return its ``KVNamespace``.
 
@@ -62,6 +83,12 @@ def open_kv(
     Raises ``ValueError`` for an empty namespace, an unknown backend or a missing
     path; ``KVUnavailable``/``KVError`` when the sqlite file cannot be used. Close the
     result with ``await kv.close()``.
+
+    ``"nats"`` requires ``url`` (``nats://host:port``, JetStream enabled) and ignores
+    ``path``; it connects on first use, so an unreachable server surfaces as
+    ``KVUnavailable`` from the first operation, not here. Its default limits are
+    ``NATS_LIMITS`` (values up to 1 MiB minus header room, the size of one message on
+    a default nats-server); the namespace must be ASCII letters, digits, ``_``, ``-``.
     """
     if not isinstance(namespace, str) or not namespace:
         raise ValueError(f"a KV namespace name must be a non-empty str, got {namespace!r}")
@@ -76,6 +103,17 @@ def open_kv(
         store = SqliteKVBackend(path, namespace, clock)
     elif backend == "memory":
         store = MemoryKVBackend(clock)
+    elif backend == "nats":
+        if url is None:
+            raise ValueError(
+                f"the nats KV backend needs a url (nats://host:port) to open namespace "
+                f"{namespace!r}"
+            )
+        # Imported here so the other backends work without the nats extra installed.
+        from edgerun.bindings.kv.nats import NATS_LIMITS, NatsKVBackend
+
+        store = NatsKVBackend(url, namespace, clock)
+        limits = limits if limits is not None else NATS_LIMITS
     else:
         raise ValueError(f"unknown KV backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     return KVNamespace(store, name=namespace, clock=clock, limits=limits)

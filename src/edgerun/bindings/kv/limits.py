@@ -20,6 +20,8 @@ class KVLimits:
     - ``min_ttl_seconds``: ``expiration_ttl`` is at least this, and an absolute
       ``expiration`` at least this far in the future.
     - ``max_list_limit``: ``list(limit=...)`` is between 1 and this.
+    - ``max_atomic_mutations``: an ``atomic()`` operation has at most this many writes
+      and at most this many checks (1000 is also NATS's cap on an atomic batch).
 
     Raises ``ValueError`` on construction if a limit is not positive.
     """
@@ -29,9 +31,16 @@ class KVLimits:
     max_metadata_bytes: int = 1024
     min_ttl_seconds: float = 1.0
     max_list_limit: int = 1000
+    max_atomic_mutations: int = 1000
 
     def __post_init__(self) -> None:
-        for field in ("max_key_bytes", "max_value_bytes", "max_metadata_bytes", "max_list_limit"):
+        for field in (
+            "max_key_bytes",
+            "max_value_bytes",
+            "max_metadata_bytes",
+            "max_list_limit",
+            "max_atomic_mutations",
+        ):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"KVLimits.{field} must be a positive int, got {value!r}")

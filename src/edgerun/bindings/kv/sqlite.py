@@ -4,11 +4,18 @@ Layout: one table holds every namespace of the project, keyed by
 ``(namespace, key)`` where ``key`` is the encoded key as a BLOB, so SQLite's bytewise
 BLOB order *is* the key order and a prefix listing is a primary-key range scan::
 
-    kv(namespace TEXT, key BLOB, value BLOB, expiration REAL NULL, metadata TEXT NULL)
-        PRIMARY KEY (namespace, key) WITHOUT ROWID
+    kv(namespace TEXT, key BLOB, value BLOB, expiration REAL NULL, metadata TEXT NULL,
+       version INTEGER)  PRIMARY KEY (namespace, key) WITHOUT ROWID
     kv_expiration ON kv(namespace, expiration) WHERE expiration IS NOT NULL  -- sweeps
 
-``PRAGMA user_version`` records the schema version.
+``PRAGMA user_version`` records the schema version (1: no ``version`` column; opening
+such a file adds it).
+
+``version`` is the row's revision for compare-and-set: an update adds one, and an
+insert starts at a random 62-bit number, so a key deleted and created again does not
+reuse an old revision (a stale ``check`` against it fails instead of matching by
+accident). ``commit`` runs its checks and writes in one ``BEGIN IMMEDIATE``
+transaction, so other processes sharing the file see all of it or none of it.
 
 Point reads and writes run synchronously on the caller's event loop: a bare SQLite
 point read costs a few microseconds, a hop to a thread several times that. WAL mode
@@ -25,15 +32,22 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+from collections.abc import Sequence
 from typing import Final, cast
 
-from edgerun.bindings.kv.backend import KVEntry, KVRecord
+from edgerun.bindings.kv.backend import (
+    KVCheck,
+    KVEntry,
+    KVMutation,
+    KVRecord,
+    KVVersionedRecord,
+)
 from edgerun.clock import Clock, SystemClock
 from edgerun.errors import KVError, KVUnavailable
 
 __all__ = ["SCHEMA_VERSION", "SqliteKVBackend"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """The layout version this module writes to ``PRAGMA user_version``."""
 
 _SCHEMA: Final = """
@@ -43,6 +57,7 @@ CREATE TABLE IF NOT EXISTS kv (
     value      BLOB NOT NULL,
     expiration REAL,
     metadata   TEXT,
+    version    INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (namespace, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS kv_expiration ON kv (namespace, expiration)
@@ -53,11 +68,21 @@ _LIVE: Final = "(expiration IS NULL OR expiration > ?)"
 _GET: Final = (
     f"SELECT value, expiration, metadata FROM kv WHERE namespace = ? AND key = ? AND {_LIVE}"
 )
-_PUT: Final = (
-    "INSERT INTO kv (namespace, key, value, expiration, metadata) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (namespace, key) DO UPDATE SET "
-    "value = excluded.value, expiration = excluded.expiration, metadata = excluded.metadata"
+_GET_ENTRY: Final = (
+    "SELECT value, expiration, metadata, version FROM kv "
+    f"WHERE namespace = ? AND key = ? AND {_LIVE}"
 )
+_VERSION: Final = f"SELECT version FROM kv WHERE namespace = ? AND key = ? AND {_LIVE}"
+# random() & (2**62 - 1): a non-negative start that leaves room to count up.
+_PUT: Final = (
+    "INSERT INTO kv (namespace, key, value, expiration, metadata, version) "
+    "VALUES (?, ?, ?, ?, ?, random() & 4611686018427387903) "
+    "ON CONFLICT (namespace, key) DO UPDATE SET "
+    "value = excluded.value, expiration = excluded.expiration, metadata = excluded.metadata, "
+    "version = kv.version + 1"
+)
+_PUT_RETURNING: Final = _PUT + " RETURNING version"
+_MIGRATE_1_TO_2: Final = "ALTER TABLE kv ADD COLUMN version INTEGER NOT NULL DEFAULT 0"
 _DELETE: Final = "DELETE FROM kv WHERE namespace = ? AND key = ?"
 _SCAN: Final = (
     "SELECT key, expiration, metadata FROM kv "
@@ -116,6 +141,10 @@ def _init_schema(conn: sqlite3.Connection, path: str) -> None:
     # once serialise here instead of racing on CREATE.
     conn.execute("BEGIN IMMEDIATE")
     try:
+        # Read again under the write lock: another process may have migrated first.
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version == 1:
+            conn.execute(_MIGRATE_1_TO_2)
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
@@ -192,6 +221,56 @@ class SqliteKVBackend:
         except sqlite3.Error as exc:
             raise self._translate(exc) from exc
         return cast("KVRecord | None", row)
+
+    async def get_entry(self, key: bytes) -> KVVersionedRecord | None:
+        """The live record for ``key`` with its revision (the row version), or ``None``."""
+        try:
+            row = self._conn.execute(
+                _GET_ENTRY, (self._namespace, key, self._clock.time())
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+        if row is None:
+            return None
+        return (row[0], row[1], row[2], str(row[3]))
+
+    async def commit(
+        self, checks: Sequence[KVCheck], mutations: Sequence[KVMutation]
+    ) -> list[str | None] | None:
+        """Check and write in one ``BEGIN IMMEDIATE`` transaction; ``None`` on conflict.
+
+        Synchronous from BEGIN to COMMIT (no ``await``), so no other coroutine can use
+        the connection mid-transaction; the write lock keeps other processes out.
+        """
+        conn = self._conn
+        ns = self._namespace
+        now = self._clock.time()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for key, revision in checks:
+                    row = conn.execute(_VERSION, (ns, key, now)).fetchone()
+                    if (None if row is None else str(row[0])) != revision:
+                        conn.execute("ROLLBACK")
+                        return None
+                out: list[str | None] = []
+                for key, value, expiration, metadata in mutations:
+                    if value is None:
+                        conn.execute(_DELETE, (ns, key))
+                        out.append(None)
+                    else:
+                        (version,) = conn.execute(
+                            _PUT_RETURNING, (ns, key, value, expiration, metadata)
+                        ).fetchone()
+                        out.append(str(version))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+        return out
 
     async def put(
         self, key: bytes, value: bytes, expiration: float | None, metadata: str | None

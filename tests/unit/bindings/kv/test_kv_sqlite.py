@@ -169,3 +169,36 @@ def test_processes_creating_and_writing_one_file_at_once(db: Path) -> None:
     conn = raw(db)
     assert conn.execute("SELECT count(*) FROM kv WHERE namespace = 'shared'").fetchone() == (200,)
     conn.close()
+
+
+async def test_a_version_1_file_is_migrated_and_keeps_its_data(db: Path) -> None:
+    conn = raw(db)
+    conn.executescript(
+        """
+        CREATE TABLE kv (namespace TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
+            expiration REAL, metadata TEXT, PRIMARY KEY (namespace, key)) WITHOUT ROWID;
+        PRAGMA user_version = 1;
+        """
+    )
+    conn.execute("INSERT INTO kv VALUES ('n', ?, ?, NULL, NULL)", (encode_key("k"), b"old"))
+    conn.close()
+    kv = KVNamespace(SqliteKVBackend(db, "n"))
+    entry = await kv.get_entry("k")
+    assert entry.value == "old"
+    await kv.put("k", "new", if_revision=entry.revision)
+    assert await kv.get("k") == "new"
+    await kv.close()
+    assert raw(db).execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_atomic_commit_is_one_transaction_seen_by_another_process(db: Path) -> None:
+    kv = open_kv("n", path=db)
+    result = await kv.atomic().check("a", None).set("a", "1").set("b", "2").commit()
+    assert result.ok
+    rows = raw(db).execute("SELECT key, value, version FROM kv ORDER BY key").fetchall()
+    assert [(bytes(k), bytes(v)) for k, v, _ in rows] == [
+        (encode_key("a"), b"1"),
+        (encode_key("b"), b"2"),
+    ]
+    assert {str(version) for _, _, version in rows} == set(result.revisions.values())
+    await kv.close()
