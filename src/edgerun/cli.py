@@ -264,7 +264,29 @@ def node(
     token: Annotated[
         str | None, typer.Option(help="A node-scoped token for --control.", envvar=_TOKEN_ENV)
     ] = None,
+    control_nats: Annotated[
+        str | None,
+        typer.Option(
+            "--control-nats",
+            help="Follow control state kept in NATS JetStream at this URL (no HTTP needed); "
+            "--nats alone, without project directories, implies it.",
+        ),
+    ] = None,
     pop: Annotated[str | None, typer.Option(help="Name of this edge location.")] = None,
+    region: Annotated[
+        str | None,
+        typer.Option(
+            "--region", help="The edge region this node serves (request.geo.pop unless --pop)."
+        ),
+    ] = None,
+    nats: Annotated[
+        str | None,
+        typer.Option(
+            "--nats",
+            help="NATS server (nats://host:port, JetStream) for KV namespaces without a backend.",
+            envvar="EDGERUN_NATS_URL",
+        ),
+    ] = None,
     trusted_proxy: Annotated[
         list[str] | None,
         typer.Option("--trusted-proxy", help="IP/CIDR whose X-Forwarded-For is trusted."),
@@ -281,17 +303,20 @@ def node(
     """Run a production edge node serving projects by route (from dirs or a control plane)."""
     from edgerun.node.run import NodeOptions
 
-    if embedded_control and control:
-        raise _fail("use either --embedded-control or --control URL, not both")
+    if sum(map(bool, (embedded_control, control, control_nats))) > 1:
+        raise _fail("use one of --embedded-control, --control URL or --control-nats URL")
     if control and not token:
         raise _fail(f"--control needs --token (a node-scoped token) or ${_TOKEN_ENV}")
-    if not projects and not (embedded_control or control):
-        raise _fail("give project directories, --embedded-control, or --control URL")
+    if not projects and not (embedded_control or control or control_nats or nats):
+        raise _fail(
+            "give project directories, --embedded-control, --control URL or --control-nats URL"
+        )
     opts = NodeOptions(
         projects=projects or [],
         embedded_control=embedded_control,
         control_url=control,
         control_token=token,
+        control_nats=control_nats,
         host=host,
         port=port,
         server=_server(server),
@@ -300,6 +325,8 @@ def node(
         reload=False,
         debug=_state["debug"],
         pop=pop,
+        edge_region=region,
+        nats_url=nats,
         trusted_proxies=tuple(trusted_proxy or ()),
         trust_geo_headers=trust_geo_headers,
         access_log=access_log,
@@ -597,6 +624,14 @@ ControlStateOpt = Annotated[
     Path,
     typer.Option("--state-dir", help="Where the control plane keeps its database and bundles."),
 ]
+ControlNatsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--nats",
+        help="Keep control state in NATS JetStream at this URL instead of --state-dir.",
+        envvar="EDGERUN_CONTROL_NATS",
+    ),
+]
 
 
 def _api(url: str, token: str | None, method: str, path: str, **kwargs: Any) -> Any:
@@ -650,15 +685,24 @@ def control_server(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8788,
     state_dir: ControlStateOpt = Path(".edgerun-control"),
+    nats: ControlNatsOpt = None,
 ) -> None:
-    """Run the control plane: deploy API, versions, splits, secrets, tokens."""
+    """Run the control plane: deploy API, versions, splits, secrets, tokens.
+
+    With --nats the state lives in NATS JetStream (nodes follow it with
+    `edgerun node --control-nats URL`) and --state-dir only caches bundles.
+    """
     from edgerun.node.control_host import run_control
 
     def ready(h: str, p: int) -> None:
         print(f"edgerun: ready on http://{h}:{p}", flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
-        _run(lambda: run_control(host=host, port=port, state_dir=state_dir, on_ready=ready))
+        _run(
+            lambda: run_control(
+                host=host, port=port, state_dir=state_dir, on_ready=ready, nats_url=nats
+            )
+        )
 
 
 @token_app.command("create")
@@ -666,15 +710,23 @@ def token_create(
     scope: Annotated[str, typer.Option(help="read, deploy, admin or node.")],
     name: Annotated[str | None, typer.Option(help="Who it is for (shown as author).")] = None,
     state_dir: ControlStateOpt = Path(".edgerun-control"),
+    nats: ControlNatsOpt = None,
 ) -> None:
     """Create an API token in a control plane's state dir; it is printed once, stored hashed.
 
-    For a node with --embedded-control, use its state dir plus /control.
+    For a node with --embedded-control, use its state dir plus /control; for a control
+    plane started with --nats, the same --nats URL.
     """
-    from edgerun.control.store import ControlStore
+    from edgerun.control.store import ControlState, ControlStore
 
     def create() -> str:
-        store = ControlStore(state_dir)
+        store: ControlState
+        if nats:
+            from edgerun.control.jetstream import JetStreamControlStore
+
+            store = JetStreamControlStore(nats, state_dir)
+        else:
+            store = ControlStore(state_dir)
         try:
             token, owner = store.create_token(scope, name)
         finally:

@@ -66,8 +66,8 @@ VarValue: TypeAlias = str | int | float | bool | list["VarValue"] | dict[str, "V
 Mode: TypeAlias = Literal["isolated", "inprocess"]
 """How a deployment's code runs: worker processes (default) or the node's own loop."""
 
-KVBackend: TypeAlias = Literal["sqlite", "memory"]
-"""Where a KV namespace lives on a single node (NATS-backed KV is chosen per region)."""
+KVBackend: TypeAlias = Literal["sqlite", "memory", "nats"]
+"""Where a KV namespace lives: the node's SQLite file, its memory, or NATS JetStream."""
 
 _MIB: Final = 1024 * 1024
 
@@ -94,9 +94,9 @@ _CACHE_MAX_BYTES_BOUNDS: Final = (1, 64 * 1024 * _MIB)
 _VAR_MAX_DEPTH: Final = 32
 
 _TOP_KEYS: Final = ("name", "main", "mode", "routes", "limits", "scaling", "vars", "kv", "cache")
-_KV_KEYS: Final = ("binding", "namespace", "backend")
+_KV_KEYS: Final = ("binding", "namespace", "backend", "stale_if_error")
 _CACHE_KEYS: Final = ("binding", "max_bytes")
-_KV_BACKENDS: Final[dict[str, KVBackend]] = {"sqlite": "sqlite", "memory": "memory"}
+_KV_BACKENDS: Final[dict[str, KVBackend]] = {"sqlite": "sqlite", "memory": "memory", "nats": "nats"}
 # Sections the design describes that this version does not implement; naming them
 # explicitly beats a generic "unknown key", which would suggest a typo.
 _UNSUPPORTED: Final = {
@@ -158,12 +158,19 @@ class KVConfig:
     """One ``[[kv]]`` binding: ``env.<binding>`` is the KV namespace ``namespace``.
 
     ``namespace`` defaults to the binding name lowercased; two bindings may share a
-    namespace. ``backend`` is ``"sqlite"`` (durable, default) or ``"memory"``.
+    namespace. ``backend`` is ``"sqlite"`` (durable), ``"memory"`` or ``"nats"`` (a
+    JetStream bucket shared by every node; needs ``edgerun node --nats URL``); ``None``
+    (not written) lets the node choose: NATS when it runs with ``--nats``, else SQLite,
+    so one project runs unchanged on one machine and scaled out.
+    ``stale_if_error``: while the backend is unreachable, ``get`` serves the last value
+    this worker read or wrote for the key (a bounded per-worker cache) instead of
+    raising ``KVUnavailable``.
     """
 
     binding: str
     namespace: str
-    backend: KVBackend = "sqlite"
+    backend: KVBackend | None = None
+    stale_if_error: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -671,7 +678,7 @@ class _Checker:
                         f"with a letter or digit (got {_show(ns)})",
                     )
                 namespace = ns
-            backend: KVBackend = "sqlite"
+            backend: KVBackend | None = None
             if "backend" in entry:
                 raw = entry["backend"]
                 choices = tuple(_KV_BACKENDS)
@@ -683,7 +690,17 @@ class _Checker:
                         f"(got {_show(raw)}){extra}",
                     )
                 backend = _KV_BACKENDS[raw]
-            out.append(KVConfig(binding=binding, namespace=namespace, backend=backend))
+            stale = entry.get("stale_if_error", False)
+            if not isinstance(stale, bool):
+                self.fail(
+                    ("kv", i, "stale_if_error"),
+                    f"kv stale_if_error must be true or false (got {_show(stale)})",
+                )
+            out.append(
+                KVConfig(
+                    binding=binding, namespace=namespace, backend=backend, stale_if_error=stale
+                )
+            )
         return tuple(out)
 
     def cache(self, value: object) -> tuple[CacheConfig, ...]:

@@ -15,6 +15,7 @@ in JSON error bodies, logs and metrics) and an HTTP ``status``::
     ├── BindingError                  binding_error          500
     │   ├── KVError                   kv_error               500
     │   │   ├── KVValidationError     kv_invalid             400
+    │   │   ├── KVConflict            kv_conflict            409
     │   │   └── KVUnavailable         kv_unavailable         503
     │   └── CacheError                cache_error            500
     ├── HandlerError                  handler_error          500
@@ -40,6 +41,7 @@ __all__ = [
     "EntrypointError",
     "HandlerError",
     "HeadersTooLarge",
+    "KVConflict",
     "KVError",
     "KVUnavailable",
     "KVValidationError",
@@ -149,6 +151,14 @@ class KVValidationError(KVError):
 
     code = "kv_invalid"
     status = 400
+
+
+class KVConflict(KVError):
+    """A conditional KV write lost: the key is no longer at the revision it was checked
+    against (or exists when it was required not to). Read it again and retry."""
+
+    code = "kv_conflict"
+    status = 409
 
 
 class KVUnavailable(KVError):

@@ -92,7 +92,7 @@ def test_full_file_parses(tmp_path):
         "FEATURES": {"beta": True, "nested": {"depth": 2}},
     }
     assert config.kv == (
-        KVConfig(binding="USERS", namespace="users-v2", backend="sqlite"),
+        KVConfig(binding="USERS", namespace="users-v2"),
         KVConfig(binding="SESSIONS", namespace="sessions", backend="memory"),
     )
     assert config.cache == (CacheConfig(binding="PAGES", max_bytes=1_048_576),)

@@ -40,7 +40,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from edgerun.control.store import ControlError, ControlStore
+from edgerun.control.store import ControlError, ControlState
 from edgerun.control.tokens import Principal, allows
 from edgerun.edge.split import SplitError
 from edgerun.errors import EdgerunError, NotFound, error_body
@@ -71,13 +71,13 @@ class _Forbidden(EdgerunError):
 
 
 class ControlApi:
-    """Answers ``/__edgerun/control/v1/*`` from a :class:`ControlStore`.
+    """Answers ``/__edgerun/control/v1/*`` from a ``ControlState`` (SQLite or JetStream).
 
     ``local_usage`` (the embedding node's meter) is added to the usage nodes report.
     Create it inside the event loop that serves it (long-polls wait on that loop).
     """
 
-    def __init__(self, store: ControlStore, *, local_usage: UsageSource | None = None) -> None:
+    def __init__(self, store: ControlState, *, local_usage: UsageSource | None = None) -> None:
         self.store = store
         self.local_usage = local_usage
         self._loop = asyncio.get_running_loop()

@@ -10,6 +10,10 @@ Versions are immutable: uploading the same content again returns the stored reco
 (its first author, time and message). Promoting a version clears the project's split.
 Secret values are write-only through every public method except
 :meth:`ControlStore.secret_values`, which exists for nodes building a deployment's env.
+
+:class:`ControlState` is the interface the control API and embedded nodes use; this
+SQLite store implements it for one machine, ``control.jetstream.JetStreamControlStore``
+for many (state in NATS JetStream).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from edgerun.control.secrets import MAX_SECRET_BYTES, validate_secret_name
 from edgerun.control.tokens import (
@@ -38,7 +42,7 @@ from edgerun.edge.split import Split
 from edgerun.errors import EdgerunError, NotFound
 from edgerun.security.bundle import Bundle, BundleLimits, unpack_bundle
 
-__all__ = ["ControlError", "ControlStore", "ProjectState", "VersionRecord"]
+__all__ = ["ControlError", "ControlState", "ControlStore", "ProjectState", "VersionRecord"]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -101,6 +105,101 @@ class ProjectState:
 
 
 Listener = Callable[[int], None]
+
+
+class ControlState(Protocol):
+    """The control plane's state: what ``ControlApi`` and embedded nodes read and write.
+
+    Implementations: :class:`ControlStore` (SQLite, one machine) and
+    ``edgerun.control.jetstream.JetStreamControlStore`` (NATS JetStream). Methods are
+    synchronous and thread-safe; user errors are ``ControlError``/``NotFound``/
+    ``BundleError``/``SplitError``. Secret values leave only through ``secret_values``.
+    """
+
+    def close(self) -> None:
+        """Release the store's resources."""
+        ...
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(revision)`` after every change made through this store."""
+        ...
+
+    @property
+    def revision(self) -> int:
+        """A number that grows with every change of versions, pointers, splits, secrets."""
+        ...
+
+    def create_token(self, scope: str, name: str | None = None) -> tuple[str, Principal]:
+        """Create a token of ``scope``; return it (shown once, stored hashed) and its owner."""
+        ...
+
+    def verify_token(self, token: str) -> Principal | None:
+        """The owner of ``token``, or None when it is malformed, unknown or wrong."""
+        ...
+
+    def add_version(
+        self, data: bytes, *, author: str, message: str = "", activate: bool = True
+    ) -> tuple[VersionRecord, bool]:
+        """Validate and store a bundle; return its record and whether it is new."""
+        ...
+
+    def bundle_dir(self, version: str) -> Path:
+        """The extracted, read-only directory of ``version`` (raises ``NotFound``)."""
+        ...
+
+    def bundle_archive(self, version: str) -> Path:
+        """The uploaded .tar.gz of ``version`` (raises ``NotFound``)."""
+        ...
+
+    def versions(self, project: str) -> list[VersionRecord]:
+        """The project's versions, newest first (raises ``NotFound``)."""
+        ...
+
+    def projects(self) -> list[ProjectState]:
+        """Every project's desired state, by name."""
+        ...
+
+    def project(self, name: str) -> ProjectState:
+        """One project's desired state (raises ``NotFound``)."""
+        ...
+
+    def promote(self, project: str, version: str, *, author: str) -> ProjectState:
+        """Make ``version`` the project's active version and clear its split."""
+        ...
+
+    def rollback(self, project: str, version: str | None, *, author: str) -> ProjectState:
+        """Activate ``version``, or (None) the version active before the current one."""
+        ...
+
+    def set_split(
+        self, project: str, weights: dict[str, int] | None, *, key: str = "cookie"
+    ) -> ProjectState:
+        """Split the project's traffic by ``weights``, or clear it with None."""
+        ...
+
+    def put_secret(self, project: str, name: str, value: str) -> None:
+        """Set a secret of ``project``."""
+        ...
+
+    def delete_secret(self, project: str, name: str) -> bool:
+        """Delete a secret; return whether it existed."""
+        ...
+
+    def secret_names(self, project: str) -> list[str]:
+        """The names of the project's secrets, sorted (never values)."""
+        ...
+
+    def secret_values(self, project: str) -> dict[str, str]:
+        """The project's secrets with values: only for nodes building an env."""
+        ...
+
+    def report_usage(self, node: str, snapshot: dict[str, Any]) -> None:
+        """Keep the latest usage snapshot a node reported."""
+        ...
+
+    def reported_usage(self) -> dict[str, dict[str, Any]]:
+        """The latest snapshot of every node that reported, by node id."""
+        ...
 
 
 class ControlStore:

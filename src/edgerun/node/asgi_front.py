@@ -84,9 +84,12 @@ class AsgiFront:
         raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
         framing = scope.get(FRAMING_SCOPE_KEY)
         if isinstance(framing, BodyFraming):
-            # Checked by node.protocol, whose parser lowercases names: decoded on demand.
+            # node.protocol checked the head and enforces the body deadline itself; its
+            # parser lowercases names, so headers are decoded on demand.
+            ours = True
             headers = Headers._lazy(raw_headers, lowercase=True)
         else:
+            ours = False
             target_bytes = len(raw_path) + (len(query) + 1 if query else 0)
             try:
                 framing = check_head(method, target_bytes, raw_headers, self._limits)
@@ -96,7 +99,11 @@ class AsgiFront:
             headers = Headers.from_raw(raw_headers)
         host = host_for_url(headers.get("host"), scope.get("server"))
         client = scope.get("client")
-        body = GuardedBody(_receive_source(receive), self._limits) if framing.has_body else None
+        body = (
+            GuardedBody(_receive_source(receive), self._limits, deadline_enforced=ours)
+            if framing.has_body
+            else None
+        )
         request = Request._from_server(
             method.upper(),
             scope.get("scheme", "http"),

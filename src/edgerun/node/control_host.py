@@ -6,6 +6,10 @@ mounted at ``/__edgerun/control`` (as inside ``edgerun node --embedded-control``
 ``/healthz`` answers for load balancers, anything else is 404. The body cap is the
 bundle cap plus room for the tar overhead, so a bundle is refused by the bundle
 validator (with its own message) before the HTTP layer refuses it.
+
+With ``nats_url`` the state lives in NATS JetStream (``control.jetstream``) and
+``state_dir`` only caches bundles: several control processes may serve the same state,
+and a restarted one loses nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgerun.control.api import CONTROL_PREFIX, ControlApi
-from edgerun.control.store import ControlStore
+from edgerun.control.store import ControlState, ControlStore
 from edgerun.errors import error_body
 from edgerun.http import Request, Response
 from edgerun.node.server import After, serve
@@ -32,10 +36,20 @@ async def run_control(
     state_dir: Path,
     on_ready: Callable[[str, int], None],
     bundle_limits: BundleLimits | None = None,
+    nats_url: str | None = None,
 ) -> None:
-    """Serve the control API for the store in ``state_dir`` until SIGINT/SIGTERM."""
+    """Serve the control API for the store in ``state_dir`` (or NATS) until SIGINT/SIGTERM."""
     limits = bundle_limits or BundleLimits()
-    store = ControlStore(state_dir, bundle_limits=limits)
+    store: ControlState
+    if nats_url:
+        from edgerun.control.jetstream import JetStreamControlStore
+
+        # Connecting blocks (the store has its own loop): keep this loop free meanwhile.
+        store = await asyncio.to_thread(
+            JetStreamControlStore, nats_url, state_dir, bundle_limits=limits
+        )
+    else:
+        store = ControlStore(state_dir, bundle_limits=limits)
     api = ControlApi(store)
 
     async def dispatch(request: Request) -> tuple[Response, After | None]:

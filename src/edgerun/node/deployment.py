@@ -61,8 +61,12 @@ class Deployment:
         state_dir: Path,
         clock: Clock | None = None,
         debug: bool = False,
+        nats_url: str | None = None,
     ) -> Deployment:
         """Open the bindings, build ``env``, load and start the entry point.
+
+        ``nats_url`` is the node's NATS server: KV namespaces without an explicit
+        backend live there (see ``wiring.binding_specs``).
 
         Raises ``EntrypointError`` for a module without a usable handler and whatever
         a binding raises while opening (already-opened bindings are closed first).
@@ -71,18 +75,20 @@ class Deployment:
         state = StateDir(state_dir).ensure()
         if config.mode == "isolated":
             spec = wiring.isolated_spec(
-                config, state.path, SecretStore(state.path).load(), debug=debug
+                config, state.path, SecretStore(state.path).load(), debug=debug, nats_url=nats_url
             )
             isolated = IsolatedInvoker(
                 spec,
                 wiring.pool_settings(config),
-                wiring.zygote_command(),
+                wiring.zygote_command(spec.bindings),
                 clock=clock,
                 debug=debug,
             )
             await isolated.start()
             return cls(config, isolated, {}, state)
-        bindings = await wiring.open_bindings(wiring.binding_specs(config), state.path, clock)
+        bindings = await wiring.open_bindings(
+            wiring.binding_specs(config, nats_url=nats_url), state.path, clock
+        )
         try:
             values: dict[str, Any] = dict(config.vars)
             values.update(SecretStore(state.path).load())

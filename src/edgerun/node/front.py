@@ -120,14 +120,19 @@ class GuardedBody:
     so a slow handler is not blamed on the client), or the ``RequestError`` of the
     source. After a failure ``error`` holds the exception and the front end must close
     the connection once it has answered; ``complete`` is true once the end was seen.
-    It can be iterated once.
+    It can be iterated once. ``deadline_enforced=True`` says the server already enforces
+    the body deadline (``node.protocol`` does, and then fails the source): no timer per
+    chunk here.
     """
 
-    __slots__ = ("_limits", "_source", "complete", "error")
+    __slots__ = ("_deadline_enforced", "_limits", "_source", "complete", "error")
 
-    def __init__(self, source: ChunkSource, limits: HttpLimits) -> None:
+    def __init__(
+        self, source: ChunkSource, limits: HttpLimits, *, deadline_enforced: bool = False
+    ) -> None:
         self._source = source
         self._limits = limits
+        self._deadline_enforced = deadline_enforced
         self.complete = False
         self.error: RequestError | None = None
 
@@ -145,8 +150,11 @@ class GuardedBody:
         while True:
             started = loop.time()
             try:
-                async with asyncio.timeout(remaining):
+                if self._deadline_enforced:
                     chunk = await self._source()
+                else:
+                    async with asyncio.timeout(remaining):
+                        chunk = await self._source()
             except TimeoutError:
                 raise self._fail(
                     RequestTimeout(

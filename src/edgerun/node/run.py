@@ -51,6 +51,13 @@ class NodeOptions:
     embedded_control: bool = False
     control_url: str | None = None
     control_token: str | None = None
+    # Following control state kept in NATS JetStream (node.nats_sync), no HTTP needed.
+    control_nats: str | None = None
+    # Scale-out: the NATS server holding KV namespaces without an explicit backend,
+    # and the edge region this node serves (stamped as request.geo.pop unless --pop
+    # names the location). ``region`` above is the dev geo subdivision, unrelated.
+    nats_url: str | None = None
+    edge_region: str | None = None
 
 
 def _state_for(config: ProjectConfig, opts: NodeOptions) -> Path:
@@ -64,7 +71,9 @@ def _state_for(config: ProjectConfig, opts: NodeOptions) -> Path:
 
 
 async def _open(config: ProjectConfig, opts: NodeOptions) -> Deployment:
-    return await Deployment.open(config, state_dir=_state_for(config, opts), debug=opts.debug)
+    return await Deployment.open(
+        config, state_dir=_state_for(config, opts), debug=opts.debug, nats_url=opts.nats_url
+    )
 
 
 async def run_node(opts: NodeOptions, *, on_ready: Callable[[str, int], None]) -> None:
@@ -79,7 +88,7 @@ async def run_node(opts: NodeOptions, *, on_ready: Callable[[str, int], None]) -
         dev=opts.dev,
         dev_country=opts.country,
         dev_region=opts.region,
-        pop=opts.pop,
+        pop=opts.pop or opts.edge_region,
     )
     node = Node(geo=geo, debug=opts.debug, access_log=opts.access_log)
     for config in configs:
@@ -112,6 +121,19 @@ async def run_node(opts: NodeOptions, *, on_ready: Callable[[str, int], None]) -
 
 async def _attach_control(node: Node, opts: NodeOptions) -> Any:
     """Connect the node to its control plane, if the options name one (else None)."""
+    nats_control = _control_nats(opts)
+    if nats_control is not None:
+        from edgerun.node.nats_sync import attach_nats_control
+
+        nats_link = await attach_nats_control(
+            node,
+            state_dir=opts.state_dir or Path(".edgerun"),
+            url=nats_control,
+            debug=opts.debug,
+            nats_url=opts.nats_url,
+        )
+        node.versions = nats_link.sync
+        return nats_link
     if not (opts.embedded_control or opts.control_url):
         return None
     from edgerun.node.sync import attach_control
@@ -128,6 +150,20 @@ async def _attach_control(node: Node, opts: NodeOptions) -> Any:
         node.control = link.api.handle
     node.versions = link.sync
     return link
+
+
+def _control_nats(opts: NodeOptions) -> str | None:
+    """The NATS server whose control state the node follows, if any.
+
+    ``--control-nats URL`` explicitly; otherwise a node given only ``--nats URL`` (no
+    project directories, no other control plane) follows the control state there too,
+    since a node with nothing to serve can only mean that.
+    """
+    if opts.control_nats:
+        return opts.control_nats
+    if opts.nats_url and not opts.projects and not (opts.embedded_control or opts.control_url):
+        return opts.nats_url
+    return None
 
 
 async def _release_on_stop(stop: asyncio.Event, link: Any) -> None:

@@ -41,7 +41,7 @@ import httpx
 from edgerun.config import load_project
 from edgerun.control.api import CONTROL_PREFIX, ControlApi
 from edgerun.control.secrets import SecretStore
-from edgerun.control.store import ControlStore
+from edgerun.control.store import ControlState, ControlStore
 from edgerun.control.tokens import Principal, allows
 from edgerun.edge.split import COOKIE, COOKIE_MAX_AGE_S, Split
 from edgerun.http import Request
@@ -78,7 +78,7 @@ class ControlSource(Protocol):
 class LocalSource:
     """A control store in this process (``--embedded-control``)."""
 
-    def __init__(self, store: ControlStore) -> None:
+    def __init__(self, store: ControlState) -> None:
         self.store = store
 
     async def bundle_dir(self, version: str) -> Path:
@@ -172,11 +172,20 @@ class _Project:
 class ControlSync:
     """Applies desired state to a ``Node``; also its ``VersionChooser``."""
 
-    def __init__(self, node: Node, source: ControlSource, state_dir: Path, *, debug: bool) -> None:
+    def __init__(
+        self,
+        node: Node,
+        source: ControlSource,
+        state_dir: Path,
+        *,
+        debug: bool,
+        nats_url: str | None = None,
+    ) -> None:
         self.node = node
         self.source = source
         self.state_dir = state_dir
         self.debug = debug
+        self.nats_url = nats_url  # for deployments' KV namespaces on NATS
         self.revision = -1
         self._projects: dict[str, _Project] = {}
         self._lock = asyncio.Lock()
@@ -250,7 +259,9 @@ class ControlSync:
         config = load_project(root)
         if config.name != project:
             raise RuntimeError(f"version {version} is project {config.name}, not {project}")
-        return await Deployment.open(config, state_dir=self._project_dir(project), debug=self.debug)
+        return await Deployment.open(
+            config, state_dir=self._project_dir(project), debug=self.debug, nats_url=self.nats_url
+        )
 
     def _project_dir(self, project: str) -> Path:
         return self.state_dir / "projects" / project

@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from edgerun.bindings.cache import Cache
 from edgerun.bindings.kv import open_kv
 from edgerun.clock import Clock, SystemClock
 from edgerun.config import ProjectConfig
+from edgerun.errors import ConfigError
 from edgerun.runtime.isolate.harden import blocking_directory
 from edgerun.runtime.isolate.pool import PoolSettings
 from edgerun.runtime.isolate.protocol import BindingSpec, Spec
@@ -65,12 +66,30 @@ _SKIP = shutil.ignore_patterns(
 )
 
 
-def binding_specs(config: ProjectConfig) -> list[BindingSpec]:
-    """The project's bindings as plain specs, in declaration order."""
-    specs = [
-        BindingSpec("kv", kv.binding, {"namespace": kv.namespace, "backend": kv.backend})
-        for kv in config.kv
-    ]
+def binding_specs(config: ProjectConfig, *, nats_url: str | None = None) -> list[BindingSpec]:
+    """The project's bindings as plain specs, in declaration order.
+
+    ``nats_url`` is the node's NATS server (``edgerun node --nats``): a ``[[kv]]``
+    without an explicit ``backend`` uses NATS when it is set and SQLite otherwise, so a
+    project runs unchanged on one machine and scaled out. The URL travels in the spec
+    because isolated workers open their bindings themselves, after the fork. Raises
+    ``ConfigError`` for ``backend = "nats"`` on a node without a NATS URL.
+    """
+    specs: list[BindingSpec] = []
+    for kv in config.kv:
+        backend = kv.backend or ("nats" if nats_url else "sqlite")
+        options: dict[str, Any] = {"namespace": kv.namespace, "backend": backend}
+        if backend == "nats":
+            if not nats_url:
+                raise ConfigError(
+                    f'[[kv]] {kv.binding} uses backend = "nats" but this node has no NATS '
+                    f"server: run it with edgerun node --nats URL",
+                    file=str(config.file),
+                )
+            options["url"] = nats_url
+        if kv.stale_if_error:
+            options["stale_if_error"] = True
+        specs.append(BindingSpec("kv", kv.binding, options))
     specs += [BindingSpec("cache", c.binding, {"max_bytes": c.max_bytes}) for c in config.cache]
     return specs
 
@@ -91,11 +110,16 @@ def _opener(spec: BindingSpec, state_dir: Path, clock: Clock) -> Any:
     if spec.kind == "kv":
 
         async def kv() -> Binding:
+            url = options.get("url")
             return open_kv(
                 str(options["namespace"]),
                 backend=str(options.get("backend", "sqlite")),
                 path=state_dir / KV_FILENAME,
                 clock=clock,
+                # A NATS backend connects on first use, i.e. in the worker that
+                # serves the request, never in the zygote it was forked from.
+                url=None if url is None else str(url),
+                stale_if_error=bool(options.get("stale_if_error", False)),
             )
 
         return kv
@@ -113,9 +137,18 @@ def deployment_uid(name: str) -> int:
     return UID_BASE + zlib.crc32(name.encode()) % _UID_SPAN
 
 
-def zygote_command() -> list[str]:
-    """The program a zygote runs: this interpreter, ``-m edgerun.node.worker_main``."""
-    return [sys.executable, "-m", "edgerun.node.worker_main"]
+def zygote_command(specs: Sequence[BindingSpec] = ()) -> list[str]:
+    """The program a zygote runs: this interpreter, ``-m edgerun.node.worker_main``.
+
+    Binding modules the workers will need (the NATS client, about 90 ms to import) are
+    named with ``--preload`` so the zygote imports them once and every forked worker
+    inherits them, instead of each paying for the import on its cold start. Importing
+    opens no connection: workers connect after the fork.
+    """
+    command = [sys.executable, "-m", "edgerun.node.worker_main"]
+    if any(s.kind == "kv" and s.options.get("backend") == "nats" for s in specs):
+        command += ["--preload", "edgerun.bindings.kv.nats"]
+    return command
 
 
 def pool_settings(config: ProjectConfig) -> PoolSettings:
@@ -171,8 +204,11 @@ def isolated_spec(
     secrets: Mapping[str, str],
     *,
     debug: bool = False,
+    nats_url: str | None = None,
 ) -> Spec:
     """The zygote ``Spec`` of a deployment (see the module docstring).
+
+    ``nats_url``: the node's NATS server for KV namespaces (see ``binding_specs``).
 
     When the node is root but the state directory is not reachable by other users
     (an ancestor lacks the search bit), workers keep the node's identity and a
@@ -203,7 +239,7 @@ def isolated_spec(
         environ=_environ(config, state_dir),
         vars=dict(config.vars),
         secrets={name: str(value) for name, value in secrets.items()},
-        bindings=binding_specs(config),
+        bindings=binding_specs(config, nats_url=nats_url),
         cpu_ms=limits.cpu_ms,
         wall_ms=limits.wall_ms,
         memory_mb=limits.memory_mb,

@@ -9,6 +9,7 @@ the rest: read the spec, drop privileges, import the user's code, fork workers.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import socket
 import sys
@@ -28,10 +29,20 @@ async def _open_in_worker(specs: list[BindingSpec]) -> Mapping[str, Binding]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse ``--control-fd``, run the zygote, exit with its status."""
+    """Parse ``--control-fd`` (and ``--preload``), run the zygote, exit with its status."""
     parser = argparse.ArgumentParser(prog="edgerun-zygote")
     parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument(
+        "--preload",
+        action="append",
+        default=[],
+        help="an edgerun module to import before forking workers (repeatable)",
+    )
     args = parser.parse_args(argv)
+    for module in args.preload:
+        # Only edgerun's own modules: this is an optimisation, not a plugin hook.
+        if module.startswith("edgerun."):
+            importlib.import_module(module)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,

@@ -1,15 +1,23 @@
-"""The control store and API: tokens, versions, rollback, splits, secrets, durability."""
+"""The control store and API: tokens, versions, rollback, splits, secrets, durability.
+
+A conformance battery: every test taking ``open_store`` runs against both
+``ControlState`` implementations, SQLite and NATS JetStream (a real ``nats-server``;
+each test gets its own buckets).
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import stat
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from edgerun.control.api import ControlApi, merge_usage
 from edgerun.control.pack import pack_project
-from edgerun.control.store import ControlError, ControlStore
+from edgerun.control.store import ControlError, ControlState, ControlStore
 from edgerun.control.tokens import allows
 from edgerun.edge.split import SplitError
 from edgerun.errors import NotFound
@@ -24,24 +32,79 @@ def bundle(tmp_path, marker: str, name: str = "demo") -> bytes:
     return pack_project(project).data
 
 
-def test_tokens_are_hashed_scoped_and_verified(tmp_path):
-    store = ControlStore(tmp_path / "c")
+OpenStore = Callable[[Path], ControlState]
+
+
+@pytest.fixture(params=["sqlite", "jetstream"])
+def open_store(request: pytest.FixtureRequest) -> Iterator[OpenStore]:
+    """Opens a store of the parametrised kind; reopening sees the same state."""
+    opened: list[ControlState] = []
+    if request.param == "sqlite":
+
+        def open_sqlite(path: Path) -> ControlState:
+            opened.append(ControlStore(path))
+            return opened[-1]
+
+        yield open_sqlite
+    else:
+        from edgerun.control.jetstream import JetStreamControlStore
+
+        nats = request.getfixturevalue("nats_server")
+        prefix = f"t{uuid.uuid4().hex[:10]}"
+
+        def open_jetstream(path: Path) -> ControlState:
+            opened.append(JetStreamControlStore(nats.url, path, prefix=prefix))
+            return opened[-1]
+
+        yield open_jetstream
+    for store in opened:
+        store.close()
+
+
+def test_tokens_are_hashed_scoped_and_verified(tmp_path, open_store):
+    store = open_store(tmp_path / "c")
     token, owner = store.create_token("deploy", "ci")
     assert owner.name == "ci" and owner.scope == "deploy"
     assert store.verify_token(token) == owner
     assert store.verify_token(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
     assert store.verify_token("nonsense") is None
-    raw = sqlite3.connect(tmp_path / "c" / "control.sqlite3").execute("SELECT * FROM tokens")
-    assert token not in repr(raw.fetchall())
-    assert stat.S_IMODE((tmp_path / "c" / "control.sqlite3").stat().st_mode) == 0o600
     with pytest.raises(ControlError, match="scope"):
         store.create_token("root")
     assert allows("admin", "deploy") and allows("deploy", "read") and allows("node", "read")
     assert not allows("read", "deploy") and not allows("deploy", "node")
 
 
-def test_versions_rollback_and_splits(tmp_path):
+def test_sqlite_keeps_only_token_hashes_in_a_private_file(tmp_path):
     store = ControlStore(tmp_path / "c")
+    token, _ = store.create_token("deploy", "ci")
+    raw = sqlite3.connect(tmp_path / "c" / "control.sqlite3").execute("SELECT * FROM tokens")
+    assert token not in repr(raw.fetchall())
+    assert stat.S_IMODE((tmp_path / "c" / "control.sqlite3").stat().st_mode) == 0o600
+
+
+async def test_jetstream_keeps_only_token_hashes(tmp_path, nats_server):
+    import nats
+
+    from edgerun.control.jetstream import JetStreamControlStore
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    store = JetStreamControlStore(nats_server.url, tmp_path / "c", prefix=prefix)
+    try:
+        token, _ = store.create_token("deploy", "ci")
+    finally:
+        store.close()
+    nc = await nats.connect(nats_server.url)
+    try:
+        kv = await nc.jetstream().key_value(f"{prefix}_control_tokens")
+        values = [(await kv.get(key)).value for key in await kv.keys()]
+    finally:
+        await nc.close()
+    assert len(values) == 1 and token.encode() not in values[0]
+    assert token.split("_")[2].encode() not in values[0]
+
+
+def test_versions_rollback_and_splits(tmp_path, open_store):
+    store = open_store(tmp_path / "c")
     revisions: list[int] = []
     store.add_listener(revisions.append)
     v1, new1 = store.add_version(bundle(tmp_path, "one"), author="alice", message="first")
@@ -65,20 +128,20 @@ def test_versions_rollback_and_splits(tmp_path):
     assert revisions == sorted(revisions) and len(revisions) >= 6
     store.close()
     # Durable: a new store on the same directory sees it all.
-    reopened = ControlStore(tmp_path / "c")
+    reopened = open_store(tmp_path / "c")
     assert reopened.project("demo").active == v2.id
     assert reopened.bundle_dir(v1.id).joinpath("app.py").is_file()
 
 
-def test_rollback_without_history_is_an_error(tmp_path):
-    store = ControlStore(tmp_path / "c")
+def test_rollback_without_history_is_an_error(tmp_path, open_store):
+    store = open_store(tmp_path / "c")
     store.add_version(bundle(tmp_path, "one"), author="a")
     with pytest.raises(ControlError, match="no earlier version"):
         store.rollback("demo", None, author="a")
 
 
-def test_secrets_are_never_listed_with_values(tmp_path):
-    store = ControlStore(tmp_path / "c")
+def test_secrets_are_never_listed_with_values(tmp_path, open_store):
+    store = open_store(tmp_path / "c")
     store.put_secret("demo", "API_KEY", "hunter2")
     rev = store.project("demo").secrets_rev
     assert store.secret_names("demo") == ["API_KEY"]
@@ -88,10 +151,10 @@ def test_secrets_are_never_listed_with_values(tmp_path):
     assert store.project("demo").secrets_rev > rev
 
 
-async def test_api_auth_and_long_poll(tmp_path):
+async def test_api_auth_and_long_poll(tmp_path, open_store):
     import asyncio
 
-    store = ControlStore(tmp_path / "c")
+    store = open_store(tmp_path / "c")
     api = ControlApi(store)
     node_token, _ = store.create_token("node")
     reader, _ = store.create_token("read")
@@ -122,3 +185,33 @@ def test_merge_usage_sums_nodes():
         "demo": {"requests": 5, "cpu_ms": 2.5, "errors": {"x": 3, "y": 1}},
         "o": {"requests": 1},
     }
+
+
+def test_jetstream_bundles_come_from_the_object_store(tmp_path, nats_server):
+    """A store with an empty cache fetches (several chunks), validates and extracts."""
+    import os
+
+    from edgerun.control.jetstream import JetStreamControlStore
+
+    project = tmp_path / "big"
+    project.mkdir()
+    (project / "edgerun.toml").write_text('name = "big"\nmain = "app.py"\n')
+    (project / "app.py").write_text("async def fetch(r): ...\n")
+    # Incompressible, so the archive spans several 128 KiB object chunks.
+    (project / "blob.bin").write_bytes(os.urandom(400_000))
+    data = pack_project(project).data
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    writer = JetStreamControlStore(nats_server.url, tmp_path / "a", prefix=prefix)
+    reader = JetStreamControlStore(nats_server.url, tmp_path / "b", prefix=prefix)
+    try:
+        record, created = writer.add_version(data, author="a")
+        assert created
+        assert reader.bundle_archive(record.id).read_bytes() == data
+        extracted = reader.bundle_dir(record.id)
+        assert extracted.is_relative_to(tmp_path / "b")
+        assert (extracted / "blob.bin").read_bytes() == (project / "blob.bin").read_bytes()
+        with pytest.raises(NotFound):
+            reader.bundle_dir("v" + "0" * 12)
+    finally:
+        writer.close()
+        reader.close()

@@ -9,6 +9,7 @@ project, many namespaces; the default), ``"memory"`` (per process, for tests) or
 from __future__ import annotations
 
 import os
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from edgerun.bindings.kv.api import (
     GetType,
@@ -33,6 +34,7 @@ from edgerun.bindings.kv.keys import KVKey, KVKeyPart
 from edgerun.bindings.kv.limits import DEFAULT_LIMITS, KVLimits
 from edgerun.bindings.kv.memory import MemoryKVBackend
 from edgerun.bindings.kv.sqlite import SqliteKVBackend
+from edgerun.bindings.kv.stale import StaleIfErrorBackend
 from edgerun.clock import Clock, SystemClock
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "KVVersionedValue",
     "MemoryKVBackend",
     "SqliteKVBackend",
+    "StaleIfErrorBackend",
     "open_kv",
 ]
 
@@ -73,6 +76,7 @@ def open_kv(
     clock: Clock | None = None,
     limits: KVLimits | None = None,
     url: str | None = None,
+    stale_if_error: bool = False,
 ) -> KVNamespace:
     """Open KV namespace ``namespace`` on ``backend`` and return its ``KVNamespace``.
 
@@ -89,6 +93,12 @@ def open_kv(
     ``KVUnavailable`` from the first operation, not here. Its default limits are
     ``NATS_LIMITS`` (values up to 1 MiB minus header room, the size of one message on
     a default nats-server); the namespace must be ASCII letters, digits, ``_``, ``-``.
+    ``url`` may end in ``?hub=DOMAIN`` when the server is a regional leaf of a hub with
+    JetStream domain ``DOMAIN``: the bucket then lives in the hub, reads come from a
+    local mirror and writes go through the hub (see ``edgerun.bindings.kv.nats``).
+
+    ``stale_if_error=True`` wraps the backend in ``StaleIfErrorBackend``: while the
+    store is unreachable, ``get`` serves the last value this process saw for the key.
     """
     if not isinstance(namespace, str) or not namespace:
         raise ValueError(f"a KV namespace name must be a non-empty str, got {namespace!r}")
@@ -112,8 +122,29 @@ def open_kv(
         # Imported here so the other backends work without the nats extra installed.
         from edgerun.bindings.kv.nats import NATS_LIMITS, NatsKVBackend
 
-        store = NatsKVBackend(url, namespace, clock)
+        server, hub = _nats_url(url)
+        # A regional leaf reads from its local mirror (eventual across regions,
+        # read-your-writes per worker); a plain server or cluster reads the leader.
+        store = NatsKVBackend(
+            server, namespace, clock, hub_domain=hub, consistent_reads=hub is None
+        )
         limits = limits if limits is not None else NATS_LIMITS
     else:
         raise ValueError(f"unknown KV backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if stale_if_error:
+        store = StaleIfErrorBackend(store, clock)
     return KVNamespace(store, name=namespace, clock=clock, limits=limits)
+
+
+def _nats_url(url: str) -> tuple[str, str | None]:
+    """Split ``nats://host:port?hub=DOMAIN`` into the server URL and the hub domain."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"hub"})
+    hubs = query.get("hub", [])
+    if unknown or len(hubs) > 1 or (hubs and not hubs[0]):
+        raise ValueError(
+            f"NATS url {url!r}: the only query parameter is hub=DOMAIN (the JetStream "
+            f"domain of the hub when this server is a regional leaf)"
+        )
+    return urlunsplit(parts._replace(query="")), hubs[0] if hubs else None

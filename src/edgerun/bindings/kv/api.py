@@ -40,7 +40,7 @@ from edgerun.bindings.kv.validate import (
     quote,
 )
 from edgerun.clock import Clock, SystemClock
-from edgerun.errors import KVError, KVValidationError
+from edgerun.errors import KVConflict, KVError, KVValidationError
 
 __all__ = [
     "GetType",
@@ -91,14 +91,6 @@ class KVValueWithMetadata:
 
     value: Any
     metadata: Any = None
-
-
-class KVConflict(KVError):
-    """A conditional write lost: the key is no longer at the revision it was checked
-    against (or exists when it was required not to). Read it again and retry."""
-
-    code = "kv_conflict"
-    status = 409
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,17 @@ sequences only on subjects the batch publishes to, so on NATS every checked key 
 also be written in the same commit; a commit with checks and no writes is verified by
 leader reads, one key at a time.
 
+Regions as leaf nodes (``hub_domain``). When the node's server is a leaf of a hub
+whose JetStream domain is ``hub_domain``, the bucket's stream lives in the hub and
+this backend keeps a local mirror of it (same stream name, in the leaf's own domain,
+``mirror`` with ``external.api = "$JS.<hub>.API"``, direct gets and per-message TTL
+allowed). Writes are published to ``$JS.<hub>.API.$KV.<bucket>.<key>``, which the
+leaf connection maps to the hub stream's subject; leader reads, commit checks and
+listings use the hub's API prefix. ``get`` with ``consistent_reads=False`` is served
+by the local mirror (eventually consistent across regions) except for keys this
+backend wrote itself whose mirrored copy is older than its own write, which are read
+from the hub: read-your-writes per backend (per worker on a node).
+
 Unavailability. Every server round trip is bounded by ``timeout`` (2 s by default);
 while the client is disconnected, operations fail at once. Both raise
 ``KVUnavailable``. The client reconnects by itself.
@@ -64,6 +75,7 @@ import json
 import logging
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -116,6 +128,7 @@ _DELETED: Final = frozenset({"DEL", "PURGE"})
 _WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 _NO_MESSAGE: Final = 10037  # JSNoMessageFoundErr
 _BUCKET_RE: Final = re.compile(r"^[A-Za-z0-9_-]+$")
+_FLOOR_KEYS: Final = 4096  # keys whose last own write a leaf backend remembers
 
 # Failures that mean "the server cannot be reached right now".
 _TRANSIENT: Final = (
@@ -231,7 +244,9 @@ class NatsKVBackend:
     with ``replicas`` JetStream replicas. ``clock`` decides expiry for reads (default:
     the system clock). ``timeout`` bounds every round trip, in seconds.
     ``consistent_reads=False`` serves ``get`` by direct get (any replica or mirror;
-    may lag the leader). See the module docstring for layout, limits and
+    may lag the leader). ``hub_domain``: the JetStream domain of the hub holding the
+    bucket when the server at ``url`` is a regional leaf (reads from a local mirror,
+    writes through the hub). See the module docstring for layout, limits and
     guarantees. Raises ``KVUnavailable`` when the server cannot be reached in
     ``timeout`` and ``ValueError`` for a namespace that cannot name a bucket.
     """
@@ -246,6 +261,7 @@ class NatsKVBackend:
         timeout: float = 2.0,
         consistent_reads: bool = True,
         replicas: int = 1,
+        hub_domain: str | None = None,
     ) -> None:
         if url is None and connection is None:
             raise ValueError(
@@ -261,6 +277,14 @@ class NatsKVBackend:
         self._timeout = timeout
         self._consistent = consistent_reads
         self._replicas = replicas
+        self._hub = hub_domain
+        # Leader reads, checks and listings go to the hub's JetStream API; writes are
+        # published through the hub's prefix so the leaf connection routes them there.
+        self._api = f"$JS.{hub_domain}.API." if hub_domain else "$JS.API."
+        self._write = f"$JS.{hub_domain}.API." if hub_domain else ""
+        # Leaf mode: the sequence of this backend's last write per key, so a mirror
+        # read older than it is redone at the hub (bounded; oldest forgotten first).
+        self._floors: OrderedDict[bytes, int] = OrderedDict()
         self._nc: Client | None = connection
         self._owns_connection = connection is None
         self._ready = False
@@ -347,7 +371,7 @@ class NatsKVBackend:
             # nats-py reads this option on every reconnect attempt.
             nc.options["max_reconnect_attempts"] = -1
             self._nc = nc
-        js = self._nc.jetstream(timeout=self._timeout)
+        js = self._nc.jetstream(timeout=self._timeout, domain=self._hub)
         try:
             try:
                 info = await js.stream_info(self._stream)
@@ -371,6 +395,8 @@ class NatsKVBackend:
                         storage=api.StorageType.FILE,
                     )
                 )
+            if self._hub is not None:
+                await self._ensure_mirror()
         except _TRANSIENT as exc:
             raise self._unavailable(exc) from exc
         except nats.js.errors.APIError as exc:
@@ -380,6 +406,36 @@ class NatsKVBackend:
         self._atomic = bool(info.config.allow_atomic)
         self._msg_ttl = bool(info.config.allow_msg_ttl)
         self._ready = True
+
+    async def _ensure_mirror(self) -> None:
+        """Create this leaf's mirror of the hub's stream if it does not exist yet."""
+        assert self._nc is not None
+        local = self._nc.jetstream(timeout=self._timeout)
+        try:
+            await local.stream_info(self._stream)
+        except nats.js.errors.NotFoundError:
+            await local.add_stream(
+                api.StreamConfig(
+                    name=self._stream,
+                    mirror=api.StreamSource(
+                        name=self._stream, external=api.ExternalStream(api=f"$JS.{self._hub}.API")
+                    ),
+                    allow_direct=True,
+                    mirror_direct=True,
+                    allow_msg_ttl=True,
+                    max_msgs_per_subject=1,
+                    num_replicas=self._replicas,
+                    storage=api.StorageType.FILE,
+                )
+            )
+
+    def _wrote(self, key: bytes, seq: int | None) -> None:
+        if self._hub is None or seq is None:
+            return
+        self._floors[key] = seq
+        self._floors.move_to_end(key)
+        if len(self._floors) > _FLOOR_KEYS:
+            self._floors.popitem(last=False)
 
     # --- requests ---------------------------------------------------------------------
 
@@ -440,7 +496,7 @@ class NatsKVBackend:
         """Publish one message; its sequence, or ``None`` for a failed expected sequence."""
         nc = await self._client()
         self._check_size(payload, headers, nc)
-        reply = await self._request(subject, payload, headers)
+        reply = await self._request(self._write + subject, payload, headers)
         answer = json.loads(reply.data)
         error = answer.get("error")
         if error is not None:
@@ -464,17 +520,17 @@ class NatsKVBackend:
                 self._check_size(payload, headers, nc)
                 if index == last:
                     headers[_H_BATCH_COMMIT] = "1"
-                    reply = await self._request(subject, payload, headers)
+                    reply = await self._request(self._write + subject, payload, headers)
                 elif index == 1:
                     # A request for the first message: the server answers (empty) once
                     # the batch is open, or with an error if it cannot take it.
-                    first = await self._request(subject, payload, headers)
+                    first = await self._request(self._write + subject, payload, headers)
                     if first.data:
                         error = json.loads(first.data).get("error")
                         if error is not None:
                             raise self._api_error(error, "an atomic batch")
                 else:
-                    await nc.publish(subject, payload, headers=headers)
+                    await nc.publish(self._write + subject, payload, headers=headers)
         except _TRANSIENT as exc:
             raise self._unavailable(exc) from exc
         answer = json.loads(reply.data)
@@ -503,7 +559,7 @@ class NatsKVBackend:
                 )
             return _Stored(int(headers["Nats-Sequence"]), reply.data, headers)
         reply = await self._request(
-            f"$JS.API.STREAM.MSG.GET.{self._stream}",
+            f"{self._api}STREAM.MSG.GET.{self._stream}",
             json.dumps({"last_by_subj": subject}).encode(),
         )
         answer = json.loads(reply.data)
@@ -523,6 +579,9 @@ class NatsKVBackend:
     async def get(self, key: bytes) -> KVRecord | None:
         """The live record for ``key``, or ``None`` if missing, deleted or expired."""
         stored = await self._last(key, consistent=self._consistent)
+        floor = self._floors.get(key) if not self._consistent else None
+        if floor is not None and (stored is None or stored.seq < floor):
+            stored = await self._last(key)  # the mirror lags our own write: ask the hub
         if stored is None or not stored.live(self._clock.time()):
             return None
         return (stored.data, stored.expiration, stored.metadata())
@@ -545,12 +604,14 @@ class NatsKVBackend:
         """Create or replace ``key``; returns once the server has stored it."""
         await self._client()  # first use: learn whether the bucket honours Nats-TTL
         subject = self._prefix + _subject_tokens(key)
-        await self._publish(subject, value, self._headers(value, expiration, metadata))
+        self._wrote(
+            key, await self._publish(subject, value, self._headers(value, expiration, metadata))
+        )
 
     async def delete(self, key: bytes) -> None:
         """Replace ``key`` with a delete marker; a missing key is not an error."""
         subject = self._prefix + _subject_tokens(key)
-        await self._publish(subject, b"", self._headers(None, None, None))
+        self._wrote(key, await self._publish(subject, b"", self._headers(None, None, None)))
 
     async def commit(
         self, checks: Sequence[KVCheck], mutations: Sequence[KVMutation]
@@ -610,6 +671,8 @@ class NatsKVBackend:
                 first = await self._try_commit(mutations, expected)
         if first is None:
             return None
+        for index, mutation in enumerate(mutations):
+            self._wrote(mutation[0], first + index)
         return [
             None if value is None else _revision(first + index, expiration)
             for index, (_, value, expiration, _) in enumerate(mutations)
@@ -653,7 +716,7 @@ class NatsKVBackend:
             inactive_threshold=max(self._timeout * 5, 5.0),
         )
         create = await self._request(
-            f"$JS.API.CONSUMER.CREATE.{self._stream}",
+            f"{self._api}CONSUMER.CREATE.{self._stream}",
             json.dumps({"stream_name": self._stream, "config": config.as_dict()}).encode(),
         )
         answer = json.loads(create.data)
@@ -669,7 +732,7 @@ class NatsKVBackend:
         finally:
             # Fire and forget: the consumer also expires by itself when inactive.
             with contextlib.suppress(Exception):
-                await nc.publish(f"$JS.API.CONSUMER.DELETE.{self._stream}.{name}", b"")
+                await nc.publish(f"{self._api}CONSUMER.DELETE.{self._stream}.{name}", b"")
         found.sort(key=lambda entry: entry[0])
         return found[:limit]
 
@@ -682,7 +745,7 @@ class NatsKVBackend:
         skip = len(self._prefix)
         try:
             await nc.publish(
-                f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{consumer}",
+                f"{self._api}CONSUMER.MSG.NEXT.{self._stream}.{consumer}",
                 json.dumps({"batch": pending, "no_wait": True}).encode(),
                 reply=inbox,
             )

@@ -99,6 +99,14 @@ class Metered(Coroutine[Any, Any, T]):
         start = _step_started = _thread_time()
         try:
             return fn(arg)
+        except StopIteration:
+            # The timer may not have fired yet when the last step ends over budget (the
+            # signal is delivered between bytecodes, and only after a tick): fail the
+            # request anyway, so the outcome never depends on signal timing.
+            if meter.cpu_s + _thread_time() - start > meter.budget_s:
+                meter.exceeded = True
+                raise CpuExceeded() from None
+            raise
         except CpuExceeded:
             meter.exceeded = True
             raise

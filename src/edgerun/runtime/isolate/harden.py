@@ -24,6 +24,10 @@ __all__ = [
 ]
 
 _PR_SET_DUMPABLE = 4
+# Directory descriptors ``pin_import_paths`` opened: workers keep them, or any module
+# first imported after the fork (a lazily imported client library, a stdlib module)
+# would not be found once the worker closes inherited descriptors.
+_PINNED_FDS: set[int] = set()
 
 
 def scrub_environ(environ: dict[str, str]) -> None:
@@ -63,6 +67,7 @@ def pin_import_paths() -> None:
     for entry in sys.path:
         if entry and os.path.isdir(entry) and blocking_directory(entry) is not None:
             fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            _PINNED_FDS.add(fd)
             moved[entry.rstrip("/") + "/"] = f"/proc/self/fd/{fd}/"
             pinned.append(f"/proc/self/fd/{fd}")
         else:
@@ -106,9 +111,10 @@ def close_inherited_fds(keep: set[int]) -> None:
     """Close every file descriptor except stdio (0, 1, 2) and those in ``keep``.
 
     A worker must not hold the zygote's control socket, another worker's socket or
-    a file user top-level code opened in the zygote.
+    a file user top-level code opened in the zygote. Import paths pinned by
+    ``pin_import_paths`` stay open.
     """
-    keep = keep | {0, 1, 2}
+    keep = keep | {0, 1, 2} | _PINNED_FDS
     try:
         fds = sorted(int(name) for name in os.listdir("/proc/self/fd"))
     except OSError:
