@@ -453,15 +453,7 @@ class JetStreamControlStore:
         """
         bundle = unpack_bundle(data, self.bundles, limits=self.bundle_limits)
         self._cache_archive(bundle.version, data)
-        record = VersionRecord(
-            bundle.version,
-            bundle.config.name,
-            time.time(),
-            author,
-            message[:1000],
-            bundle.files,
-            bundle.size,
-        )
+        record = VersionRecord.new(bundle, author, message)
         result = self._call(self._add_version(record, data, activate))
         self._changed()
         return result

@@ -85,6 +85,19 @@ class VersionRecord:
     files: int
     size: int
 
+    @classmethod
+    def new(cls, bundle: Bundle, author: str, message: str) -> VersionRecord:
+        """The record of a freshly unpacked ``bundle``, created now."""
+        return cls(
+            bundle.version,
+            bundle.config.name,
+            time.time(),
+            author,
+            message[:1000],
+            bundle.files,
+            bundle.size,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
         return asdict(self)
@@ -301,15 +314,7 @@ class ControlStore:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, archive)
-        record = VersionRecord(
-            bundle.version,
-            bundle.config.name,
-            time.time(),
-            author,
-            message[:1000],
-            bundle.files,
-            bundle.size,
-        )
+        record = VersionRecord.new(bundle, author, message)
 
         def write(db: sqlite3.Connection) -> tuple[VersionRecord, bool]:
             existing = self._version(db, record.id)

@@ -29,6 +29,7 @@ from typing import Any, Final, TypeAlias
 import msgspec
 
 __all__ = [
+    "MAX_CONTROL_PACKET",
     "MAX_FRAME",
     "BindingSpec",
     "Body",
@@ -275,6 +276,9 @@ ControlMessage: TypeAlias = Spec | Ready | Failed | Fork | Forked | Exited | Sto
 
 _control_encoder = msgspec.msgpack.Encoder()
 _control_decoder = msgspec.msgpack.Decoder(ControlMessage)
+
+MAX_CONTROL_PACKET = 1024 * 1024
+"""Largest control message (one SOCK_SEQPACKET packet) between node and zygote."""
 
 
 def encode_control(message: ControlMessage) -> bytes:

@@ -29,6 +29,7 @@ from pathlib import Path
 from edgerun.errors import EntrypointError
 from edgerun.runtime.isolate import harden
 from edgerun.runtime.isolate.protocol import (
+    MAX_CONTROL_PACKET,
     ControlMessage,
     Exited,
     Failed,
@@ -47,7 +48,6 @@ from edgerun.runtime.loader import Entry, load_entry
 __all__ = ["serve_zygote"]
 
 _log = logging.getLogger("edgerun.isolate")
-_MAX_PACKET = 1024 * 1024
 
 
 def _send(control: socket.socket, message: ControlMessage) -> None:
@@ -68,7 +68,7 @@ def _prepare(spec: Spec) -> Entry:
 def serve_zygote(control: socket.socket, open_bindings: OpenBindings) -> int:
     """Run the zygote on ``control`` (a ``SOCK_SEQPACKET`` socket); return an exit code."""
     try:
-        first = decode_control(control.recv(_MAX_PACKET))
+        first = decode_control(control.recv(MAX_CONTROL_PACKET))
     except (OSError, FrameError) as exc:
         _log.error("zygote: no deployment spec received: %s", exc)
         return 2
@@ -121,7 +121,7 @@ class _Loop:
                     self._reap()
                 if self.control.fileno() in ready:
                     try:
-                        data = self.control.recv(_MAX_PACKET)
+                        data = self.control.recv(MAX_CONTROL_PACKET)
                     except ConnectionError:
                         data = b""
                     if not data:

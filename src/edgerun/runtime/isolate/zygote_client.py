@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 from edgerun.errors import EntrypointError, WorkerCrashed
 from edgerun.runtime.isolate.protocol import (
+    MAX_CONTROL_PACKET,
     Exited,
     Failed,
     Fork,
@@ -35,7 +36,6 @@ from edgerun.runtime.isolate.protocol import (
 __all__ = ["ZygoteClient"]
 
 _log = logging.getLogger("edgerun.isolate")
-_MAX_PACKET = 1024 * 1024
 
 
 class ZygoteClient:
@@ -106,7 +106,7 @@ class ZygoteClient:
         assert sock is not None
         while True:
             try:
-                data, fds, _flags, _addr = socket.recv_fds(sock, _MAX_PACKET, 1)
+                data, fds, _flags, _addr = socket.recv_fds(sock, MAX_CONTROL_PACKET, 1)
             except BlockingIOError:
                 return
             except OSError:
