@@ -1,8 +1,8 @@
 """Usage metering: what each deployment consumed, for pay-per-use accounting.
 
-The node records one ``UsageRecord`` per request (after its response and deferred work
-are done): requests, CPU-ms, wall-ms, bytes in and out, cold starts and errors by
-code. ``UsageMeter.snapshot()`` is what ``/__edgerun/usage`` and ``edgerun usage``
+The node counts every request (after its response and deferred work are done):
+requests, CPU-ms, wall-ms, bytes in and out, cold starts and errors by code.
+``UsageMeter.snapshot()`` is what ``/__edgerun/usage`` and ``edgerun usage``
 report. Counters only grow while the node runs (a pull model like Prometheus: nothing
 is reset on read, so a reader that fails loses nothing).
 """
@@ -13,27 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DeploymentUsage", "UsageMeter", "UsageRecord"]
-
-
-@dataclass(frozen=True, slots=True)
-class UsageRecord:
-    """One finished request as metering sees it.
-
-    ``outcome`` is the runtime's Outcome value (``ok``, ``exception``,
-    ``exceeded_cpu``...); ``status`` the HTTP status sent; ``error_code`` the JSON error
-    code when the node or runtime produced an error response, else None.
-    """
-
-    deployment: str
-    outcome: str
-    status: int
-    cpu_ms: float
-    wall_ms: float
-    bytes_in: int
-    bytes_out: int
-    cold_start: bool = False
-    error_code: str | None = None
+__all__ = ["DeploymentUsage", "UsageMeter"]
 
 
 @dataclass(slots=True)
@@ -48,18 +28,6 @@ class DeploymentUsage:
     cold_starts: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
-
-    def add(self, record: UsageRecord) -> None:
-        """Fold one request into the totals."""
-        self.requests += 1
-        self.cpu_ms += record.cpu_ms
-        self.wall_ms += record.wall_ms
-        self.bytes_in += record.bytes_in
-        self.bytes_out += record.bytes_out
-        self.cold_starts += record.cold_start
-        self.outcomes[record.outcome] += 1
-        if record.error_code is not None:
-            self.errors[record.error_code] += 1
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view (CPU and wall time rounded to 0.001 ms)."""
@@ -81,13 +49,6 @@ class UsageMeter:
     def __init__(self) -> None:
         self._by_deployment: dict[str, DeploymentUsage] = {}
 
-    def record(self, record: UsageRecord) -> None:
-        """Count one finished request."""
-        usage = self._by_deployment.get(record.deployment)
-        if usage is None:
-            usage = self._by_deployment[record.deployment] = DeploymentUsage()
-        usage.add(record)
-
     def count(
         self,
         deployment: str,
@@ -99,7 +60,12 @@ class UsageMeter:
         cold_start: bool,
         error_code: str | None,
     ) -> None:
-        """``record`` without building a ``UsageRecord`` (the node's per-request path)."""
+        """Fold one finished request into ``deployment``'s totals.
+
+        ``outcome`` is the runtime's Outcome value (``ok``, ``exceeded_cpu``...);
+        ``error_code`` the JSON error code of an error response, else None. Called on
+        the node's per-request path, so it only adds into the running totals.
+        """
         usage = self._by_deployment.get(deployment)
         if usage is None:
             usage = self._by_deployment[deployment] = DeploymentUsage()

@@ -1,22 +1,17 @@
 """UsageMeter totals."""
 
-from edgerun.control.usage import UsageMeter, UsageRecord
+from edgerun.control.usage import UsageMeter
 
 
-def rec(**kw):
-    base = dict(
-        deployment="a", outcome="ok", status=200, cpu_ms=1.5, wall_ms=2.0, bytes_in=10, bytes_out=20
-    )
-    return UsageRecord(**{**base, **kw})
+def count(meter, deployment="a", outcome="ok", cold_start=False, error_code=None):
+    meter.count(deployment, outcome, 1.5, 2.0, 10, 20, cold_start, error_code)
 
 
 def test_totals_per_deployment():
     meter = UsageMeter()
-    meter.record(rec())
-    meter.record(
-        rec(cold_start=True, outcome="exceeded_cpu", status=503, error_code="exceeded_cpu")
-    )
-    meter.record(rec(deployment="b"))
+    count(meter)
+    count(meter, outcome="exceeded_cpu", cold_start=True, error_code="exceeded_cpu")
+    count(meter, deployment="b")
     snap = meter.snapshot()
     assert list(snap) == ["a", "b"]
     a = snap["a"]
