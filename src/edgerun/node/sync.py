@@ -44,6 +44,7 @@ from edgerun.control.secrets import SecretStore
 from edgerun.control.store import ControlState, ControlStore
 from edgerun.control.tokens import Principal, allows
 from edgerun.edge.split import COOKIE, COOKIE_MAX_AGE_S, Split
+from edgerun.errors import EdgerunError
 from edgerun.http import Request
 from edgerun.node.app import Node
 from edgerun.node.deployment import Deployment
@@ -55,6 +56,10 @@ __all__ = ["ControlLink", "ControlSource", "ControlSync", "LocalSource", "Remote
 log = logging.getLogger("edgerun.sync")
 
 _MAX_PREVIEWS = 2  # forced-version deployments kept open per project
+# Retries of a project whose new version failed to open for a reason that may pass:
+# 0.2 + 0.4 + 0.8 + 1.6 s of backoff, within a JetStream leader election.
+_APPLY_ATTEMPTS = 5
+_APPLY_BACKOFF_S = 0.2
 _TOKEN_CACHE_S = 30.0
 _POLL_WAIT_S = 20
 
@@ -199,13 +204,28 @@ class ControlSync:
             for name, desired in state["projects"].items():
                 if desired.get("active") is None:
                     continue
-                try:
-                    await self._apply_project(name, desired)
-                except Exception:
-                    log.exception(
-                        "cannot serve %s as the control plane asks; keeping the old", name
-                    )
+                await self._apply_with_retries(name, desired)
             self.revision = int(state["revision"])
+
+    async def _apply_with_retries(self, name: str, desired: dict[str, Any]) -> None:
+        """Apply one project; retry failures that may pass (a NATS leader election, a
+        dropped connection) with backoff, but not a bad bundle or config, which stays
+        bad. On giving up the previous version keeps serving."""
+        for attempt in range(_APPLY_ATTEMPTS):
+            try:
+                await self._apply_project(name, desired)
+                return
+            except Exception as exc:
+                failure = exc
+                if isinstance(exc, EdgerunError) or attempt + 1 == _APPLY_ATTEMPTS:
+                    break
+                log.warning("applying %s failed (%r); retrying", name, exc)
+                await asyncio.sleep(_APPLY_BACKOFF_S * 2**attempt)
+        log.error(
+            "cannot serve %s as the control plane asks; keeping the old",
+            name,
+            exc_info=failure,
+        )
 
     async def _apply_project(self, name: str, desired: dict[str, Any]) -> None:
         active: str = desired["active"]

@@ -47,7 +47,10 @@ class RunningNode:
             try:
                 line = self._lines.get(timeout=timeout)
             except queue.Empty:
-                raise NodeStartError(f"no line matching {pattern!r} within {timeout}s") from None
+                tail = "".join(self.output)[-4000:]
+                raise NodeStartError(
+                    f"no line matching {pattern!r} within {timeout}s; output ends:\n{tail}"
+                ) from None
             if line is None:
                 raise NodeStartError(f"node exited; output:\n{''.join(self.output)}")
             if rx.search(line):
