@@ -207,3 +207,28 @@ def test_dev_reloads_on_change_without_dropping_the_port(tmp_path, edgerun_node)
     (project / "app.py").write_text("def fetch(:\n")
     node.wait_for_line(r"reload of live failed")
     assert node.client.get("/").text == "v2"
+
+
+def test_relative_state_dir_works_for_isolated_workers(tmp_path):
+    # Workers chdir into their state dir: a relative --state-dir must not be applied twice.
+    from edgerun.testing import start_node
+    from edgerun.testing.plugin import _searchable
+
+    project = make_project(
+        tmp_path,
+        "rel",
+        """
+        from edgerun import Response
+        async def fetch(request, env):
+            await env.KV.put("k", "v")
+            return Response(await env.KV.get("k"))
+    """,
+        '[[kv]]\nbinding = "KV"\n',
+    )
+    _searchable(tmp_path)  # so a root node drops the workers' uid and chdirs them
+    node = start_node([project], state_dir="state", cwd=tmp_path, command="node")
+    try:
+        assert node.client.get("/").text == "v"
+        assert (tmp_path / "state" / "kv.sqlite3").exists()
+    finally:
+        node.stop()

@@ -72,7 +72,9 @@ class Deployment:
         a binding raises while opening (already-opened bindings are closed first).
         """
         clock = clock or SystemClock()
-        state = StateDir(state_dir).ensure()
+        # Absolute: workers chdir into their state dir, where a relative path would
+        # point somewhere else.
+        state = StateDir(Path(state_dir).resolve()).ensure()
         if config.mode == "isolated":
             spec = wiring.isolated_spec(
                 config, state.path, SecretStore(state.path).load(), debug=debug, nats_url=nats_url

@@ -7,6 +7,7 @@ anything listens, so a bad ``edgerun.toml`` fails fast with file, line and reaso
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +82,9 @@ async def run_node(opts: NodeOptions, *, on_ready: Callable[[str, int], None]) -
 
     Raises ``ConfigError``/``EntrypointError`` before listening if a project is bad.
     """
+    if opts.state_dir is not None:
+        # Resolved once, here: deployments and workers chdir, the CLI user does not.
+        opts = dataclasses.replace(opts, state_dir=opts.state_dir.resolve())
     configs = [load_project(p) for p in opts.projects]
     geo = GeoResolver(
         trusted_proxies=opts.trusted_proxies,

@@ -85,12 +85,15 @@ def start_node(
     args: Sequence[str] = (),
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> RunningNode:
     """Start ``edgerun <command> PROJECTS --port 0 --state-dir STATE_DIR ARGS``.
 
     ``command`` is ``dev`` (one project, dev geo headers honoured; reload off unless
-    ``--reload`` is in ``args``) or ``node``. Raises ``NodeStartError`` with the
-    process output if it exits or is not ready within ``timeout`` seconds.
+    ``--reload`` is in ``args``) or ``node``; ``cwd`` is the process's working directory
+    (relative ``state_dir`` and project paths are resolved from it). Raises
+    ``NodeStartError`` with the process output if it exits or is not ready within
+    ``timeout`` seconds.
     """
     cmd = [
         sys.executable,
@@ -108,7 +111,7 @@ def start_node(
     cmd.extend(args)
     proc_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=proc_env
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=proc_env, cwd=cwd
     )
     output: list[str] = []
     lines: queue.Queue[str | None] = queue.Queue()
