@@ -433,7 +433,29 @@ def _charset(content_type: str | None) -> str:
     return "utf-8"
 
 
-class Request:
+class _BodyMethods:
+    """Reading a one-shot body, shared by ``Request`` and ``Response``."""
+
+    __slots__ = ()
+    _body: _Body
+    headers: Headers
+
+    @property
+    def body_used(self) -> bool:
+        """True once a streamed body has been consumed."""
+        return self._body._used
+
+    async def body(self) -> bytes:
+        """The whole body as bytes (a streamed body is read to the end and kept)."""
+        return await self._body.read()
+
+    async def text(self) -> str:
+        """The body decoded with the Content-Type charset (UTF-8 by default)."""
+        data = await self._body.read()
+        return data.decode(_charset(self.headers.get("content-type")), errors="replace")
+
+
+class Request(_BodyMethods):
     """An incoming (or constructed) HTTP request.
 
     ``Request(method, url, headers=..., body=...)``; ``url`` is the full URL. ``body``
@@ -547,20 +569,6 @@ class Request:
         """Alias of ``geo`` for code written for Cloudflare Workers."""
         return self.geo
 
-    @property
-    def body_used(self) -> bool:
-        """True once the body stream has been consumed."""
-        return self._body._used
-
-    async def body(self) -> bytes:
-        """The whole body as bytes (read once, then cached)."""
-        return await self._body.read()
-
-    async def text(self) -> str:
-        """The body decoded with the Content-Type charset (UTF-8 by default)."""
-        data = await self._body.read()
-        return data.decode(_charset(self.headers.get("content-type")), errors="replace")
-
     async def json(self) -> Any:
         """The body parsed as JSON.
 
@@ -581,7 +589,7 @@ class Request:
         return f"<Request {self.method} {self.url}>"
 
 
-class Response:
+class Response(_BodyMethods):
     """An HTTP response: ``Response(body, status=200, headers=None)``.
 
     ``body`` is str (sent as UTF-8 text/plain unless a Content-Type is given), bytes,
@@ -638,20 +646,6 @@ class Response:
     def content(self) -> bytes | None:
         """The body if it is fixed bytes (known length), else None (streamed)."""
         return self._body.fixed
-
-    @property
-    def body_used(self) -> bool:
-        """True once a streamed body has been consumed."""
-        return self._body._used
-
-    async def body(self) -> bytes:
-        """The whole body as bytes (a streamed body is read to the end and kept)."""
-        return await self._body.read()
-
-    async def text(self) -> str:
-        """The body decoded with the Content-Type charset (UTF-8 by default)."""
-        data = await self._body.read()
-        return data.decode(_charset(self.headers.get("content-type")), errors="replace")
 
     async def json_body(self) -> Any:
         """The body parsed as JSON."""
