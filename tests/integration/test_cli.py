@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,21 +26,25 @@ def edgerun(*args: str, input: str | None = None, cwd: Path | None = None):
     )
 
 
-COMMANDS = [
-    [],
-    ["init"],
-    ["dev"],
-    ["node"],
-    ["kv"],
-    ["kv", "get"],
-    ["kv", "put"],
-    ["kv", "list"],
-    ["kv", "delete"],
-    ["secret"],
-    ["secret", "put"],
-    ["secret", "list"],
-    ["secret", "delete"],
-]
+def _all_commands() -> list[list[str]]:
+    """Every command path of the CLI, walked from the app itself (new ones included)."""
+    import typer.main
+
+    from edgerun.cli import app
+
+    found: list[list[str]] = []
+
+    def walk(command: Any, path: list[str]) -> None:
+        found.append(path)
+        # Groups have subcommands (typer bundles its own click, so no isinstance check).
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+COMMANDS = _all_commands()
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "edgerun")
