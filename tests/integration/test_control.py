@@ -3,13 +3,12 @@ processes, the CLI, deploys, rollbacks, splits, auth, secrets, hot swap under lo
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import httpx
 import pytest
+from edgerun_cli import run_cli
 
 from edgerun.testing.process import RunningNode, start_node
 
@@ -18,7 +17,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 S1 = ROOT / "examples" / "seed" / "s1-kv-cache"
 CONTROL = "/__edgerun/control/v1"
-CLI = [sys.executable, "-m", "edgerun"]
 
 APP = """
 from edgerun import Response
@@ -36,21 +34,12 @@ def write_project(root: Path, marker: str, name: str = "demo", mode: str = "inpr
     return root
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgerun", *args], capture_output=True, text=True, timeout=120
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"edgerun {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
 def token(state: Path, scope: str) -> str:
-    return cli("token", "create", "--scope", scope, "--state-dir", str(state)).stdout.strip()
+    return run_cli("token", "create", "--scope", scope, "--state-dir", str(state)).stdout.strip()
 
 
 def deploy(project: Path, url: str, tok: str, message: str = "") -> str:
-    out = cli("deploy", str(project), "--to", url, "--token", tok, "-m", message).stdout
+    out = run_cli("deploy", str(project), "--to", url, "--token", tok, "-m", message).stdout
     return out.strip().splitlines()[-1]
 
 
@@ -86,7 +75,7 @@ def test_deploy_the_s1_example_serves_it(embedded):
     assert r.status_code == 200
     assert r.json() == {"id": "7", "name": "user-7", "plan": "free"}
     assert r.headers["x-edgerun-version"] == version
-    listed = cli("versions", "-p", "s1-kv-cache", "--to", node.url, "--token", admin).stdout
+    listed = run_cli("versions", "-p", "s1-kv-cache", "--to", node.url, "--token", admin).stdout
     assert version in listed and "first deploy" in listed
 
 
@@ -98,7 +87,7 @@ def test_rollback_returns_the_previous_version(embedded, tmp_path):
     v2 = deploy(write_project(project, "two"), node.url, admin)
     node.wait_for_line(f"serving demo {v2}")
     assert node.client.get("/").json()["marker"] == "two"
-    out = cli("rollback", "-p", "demo", "--to", node.url, "--token", admin).stdout
+    out = run_cli("rollback", "-p", "demo", "--to", node.url, "--token", admin).stdout
     assert out.strip().splitlines()[-1] == v1
     node.wait_for_line(f"serving demo {v1}")
     assert node.client.get("/").json()["marker"] == "one"
@@ -132,7 +121,7 @@ def test_auth_401_and_403(embedded, tmp_path):
         f"{CONTROL}/versions", content=b"junk", headers={"authorization": f"Bearer {deployer}"}
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "bundle_corrupt"
-    failed = cli("versions", "-p", "demo", "--to", node.url, "--token", reader, check=False)
+    failed = run_cli("versions", "-p", "demo", "--to", node.url, "--token", reader, check=False)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert "not_found" in failed.stderr
 
@@ -144,7 +133,7 @@ def test_split_is_sticky_and_forced_versions_need_a_read_token(embedded, tmp_pat
     v1 = deploy(write_project(project, "one"), node.url, admin)
     v2 = deploy(write_project(project, "two"), node.url, admin)
     node.wait_for_line(f"serving demo {v2}")
-    cli("split", "demo", f"{v1}=50", f"{v2}=50", "--to", node.url, "--token", admin)
+    run_cli("split", "demo", f"{v1}=50", f"{v2}=50", "--to", node.url, "--token", admin)
     node.wait_for_line("serving demo .* split")
     seen: dict[str, int] = {}
     for _ in range(60):
@@ -166,7 +155,7 @@ def test_split_is_sticky_and_forced_versions_need_a_read_token(embedded, tmp_pat
             "/", headers={"x-edgerun-version": v1, "authorization": f"Bearer {reader}"}
         )
         assert forced.json()["marker"] == "one"
-    cli("promote", v2, "-p", "demo", "--to", node.url, "--token", admin)
+    run_cli("promote", v2, "-p", "demo", "--to", node.url, "--token", admin)
     node.wait_for_line(f"serving demo {v2}$")
     ignored = node.client.get("/", headers={"x-edgerun-version": v1})
     assert ignored.json()["marker"] == "two"
@@ -184,14 +173,10 @@ def test_secrets_are_write_only(embedded, tmp_path):
     version = deploy(project, node.url, admin)
     node.wait_for_line(f"serving demo {version}")
     assert node.client.get("/").json()["has_secret"] is False
-    proc = subprocess.run(
-        [*CLI, "secret", "put", "API_KEY", str(project), "--remote", node.url, "--token", admin],
-        input="s3cret-value\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_cli(
+        "secret", "put", "API_KEY", str(project), "--remote", node.url, "--token", admin,
+        stdin="s3cret-value\n",
+    )  # fmt: skip
     node.wait_for_line(f"serving demo {version}")  # reopened with the new env
     assert node.client.get("/").json()["has_secret"] is True
     auth = {"authorization": f"Bearer {admin}"}
@@ -223,7 +208,7 @@ def test_remote_node_follows_a_separate_control_plane(control, edgerun_node, tmp
     v2 = deploy(write_project(project, "two"), ctl.url, admin)
     node.wait_for_line(f"serving demo {v2}")
     assert node.client.get("/").json()["marker"] == "two"
-    cli("rollback", "-p", "demo", "--to", ctl.url, "--token", admin)
+    run_cli("rollback", "-p", "demo", "--to", ctl.url, "--token", admin)
     node.wait_for_line(f"serving demo {v1}")
     assert node.client.get("/").json()["marker"] == "one"
     # The node's usage reaches the control plane with its next poll.
@@ -231,7 +216,7 @@ def test_remote_node_follows_a_separate_control_plane(control, edgerun_node, tmp
     node.wait_for_line(f"serving demo {v3}")
     # (the report follows the poll that brought v3; each CLI call is one observation)
     for _ in range(60):
-        out = cli("usage", "--remote", ctl.url, "--token", admin, "--json").stdout
+        out = run_cli("usage", "--remote", ctl.url, "--token", admin, "--json").stdout
         if '"demo"' in out:
             break
     assert '"requests": 3' in out
@@ -282,7 +267,7 @@ def test_hot_swap_under_load_drops_nothing(embedded, tmp_path):
                 version = deploy(write_project(project, marker), node.url, admin)
                 markers[version] = marker
             else:
-                out = cli("rollback", "-p", "demo", "--to", node.url, "--token", admin).stdout
+                out = run_cli("rollback", "-p", "demo", "--to", node.url, "--token", admin).stdout
                 version = out.strip().splitlines()[-1]
             node.wait_for_line(f"serving demo {version}")
             expected.append(markers[version])

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from edgerun_cli import run_cli
 
 from edgerun.testing.nats import RunningNats, require_nats_server, start_nats_server
 from edgerun.testing.process import RunningNode, start_node
@@ -16,7 +15,6 @@ from edgerun.testing.process import RunningNode, start_node
 pytestmark = pytest.mark.integration
 
 CONTROL = "/__edgerun/control/v1"
-CLI = [sys.executable, "-m", "edgerun"]
 
 APP = """
 from edgerun import Response
@@ -32,12 +30,6 @@ def write_demo(root: Path, marker: str) -> Path:
     (root / "edgerun.toml").write_text('name = "demo"\nmain = "app.py"\nmode = "inprocess"\n')
     (root / "app.py").write_text(APP.format(marker=marker))
     return root
-
-
-def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"edgerun {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def deploy(project: Path, url: str, token: str) -> str:

@@ -8,11 +8,11 @@ version; a KV write through one region is then read through the others.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
+from pathlib import Path
 
 import pytest
+from edgerun_cli import run_cli
 from test_multiregion import REGIONS, wait_for_value
 
 from edgerun.testing.nats import (
@@ -21,17 +21,38 @@ from edgerun.testing.nats import (
     start_nats_cluster,
     start_nats_server,
 )
-from edgerun.testing.process import start_node
+from edgerun.testing.process import RunningNode, start_node
 
 pytestmark = pytest.mark.integration
 
 
-def cli(*args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgerun", *args], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, f"edgerun {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+class NatsControl:
+    """`edgerun control --nats URL` with an admin token; stopped and started at will."""
+
+    def __init__(self, nats_url: str, state: Path) -> None:
+        self.nats_url = nats_url
+        self.state = state
+        self.token = run_cli(
+            "token", "create", "--scope", "admin", "--nats", nats_url, "--state-dir", str(state)
+        ).stdout.strip()
+        self.process: RunningNode | None = None
+
+    def start(self) -> NatsControl:
+        self.process = start_node(
+            [], state_dir=self.state, command="control", args=["--nats", self.nats_url]
+        )
+        return self
+
+    def deploy(self, project: Path) -> str:
+        """Deploy ``project``; return the new version id."""
+        assert self.process is not None
+        args = ("deploy", str(project), "--to", self.process.url, "--token", self.token)
+        return run_cli(*args).stdout.split()[-1]
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
 
 
 def test_one_deploy_serves_in_every_region_and_kv_crosses_regions(
@@ -39,22 +60,14 @@ def test_one_deploy_serves_in_every_region_and_kv_crosses_regions(
 ):
     require_nats_server()
     nats = start_nats_cluster(tmp_path / "nats")
-    control = None
+    control = NatsControl(nats.urls[0], tmp_path / "control")
     try:
-        ctl_state = tmp_path / "control"
-        token = cli(
-            "token", "create", "--scope", "admin", "--nats", nats.urls[0],
-            "--state-dir", str(ctl_state),
-        ).strip()  # fmt: skip
-        control = start_node(
-            [], state_dir=ctl_state, command="control", args=["--nats", nats.urls[0]]
-        )
+        control.start()
         nodes = [
             edgerun_node([], command="node", args=["--nats", nats.urls[i], "--region", region])
             for i, region in enumerate(REGIONS)
         ]
-        version = cli("deploy", str(kv_project()), "--to", control.url, "--token", token)
-        version = version.split()[-1]
+        version = control.deploy(kv_project())
         for node, region in zip(nodes, REGIONS, strict=True):
             node.wait_for_line(f"edgerun: serving regional {version}")
             assert node.client.get("/ping").json() == {"pop": region}
@@ -72,8 +85,7 @@ def test_one_deploy_serves_in_every_region_and_kv_crosses_regions(
         wait_for_value(nodes[0].client, "hello", "from us-east")
         wait_for_value(nodes[2].client, "hello", "from us-east")
     finally:
-        if control is not None:
-            control.stop()
+        control.stop()
         nats.stop()
 
 
@@ -82,23 +94,12 @@ def test_following_nodes_keep_serving_through_a_nats_outage_and_resume(
 ):
     require_nats_server()
     server = start_nats_server(tmp_path / "nats")
-    control = None
+    control = NatsControl(server.url, tmp_path / "control")
     try:
-        ctl_state = tmp_path / "control"
-        token = cli(
-            "token", "create", "--scope", "admin", "--nats", server.url,
-            "--state-dir", str(ctl_state),
-        ).strip()  # fmt: skip
-
-        def start_control():
-            return start_node(
-                [], state_dir=ctl_state, command="control", args=["--nats", server.url]
-            )
-
-        control = start_control()
+        control.start()
         node = edgerun_node([], command="node", args=["--nats", server.url, "--region", "eu"])
         project = kv_project()
-        v1 = cli("deploy", str(project), "--to", control.url, "--token", token).split()[-1]
+        v1 = control.deploy(project)
         node.wait_for_line(f"edgerun: serving regional {v1}")
 
         server.kill()
@@ -110,14 +111,13 @@ def test_following_nodes_keep_serving_through_a_nats_outage_and_resume(
         assert down.status_code == 503 and down.json()["error"]["code"] == "kv_unavailable"
 
         server = restart_nats_server(server)
-        control = start_control()
+        control.start()
         (project / "marker.txt").write_text("a second version")  # new content, new id
-        v2 = cli("deploy", str(project), "--to", control.url, "--token", token).split()[-1]
+        v2 = control.deploy(project)
         assert v2 != v1
         # The node reconnected by itself and its watch picks up the next deploy.
         node.wait_for_line(f"edgerun: serving regional {v2}")
         assert node.client.put("/kv/x", content="back").status_code == 200
     finally:
-        if control is not None:
-            control.stop()
+        control.stop()
         server.stop()
