@@ -86,7 +86,7 @@ _SCALING_BOUNDS: Final[dict[str, tuple[int, int]]] = {
     "min_workers": (0, 256),
     "max_workers": (1, 256),
 }
-_SCALING_KEYS: Final = (*_SCALING_BOUNDS, "idle_s", "keep_zygote")
+_SCALING_KEYS: Final = (*_SCALING_BOUNDS, "idle_s", "keep_zygote", "handoff")
 _IDLE_S_MAX: Final = 86_400.0
 _MODES: Final[dict[str, Mode]] = {"isolated": "isolated", "inprocess": "inprocess"}
 _DEFAULT_CACHE_BYTES: Final = 64 * _MIB
@@ -144,6 +144,9 @@ class ScalingConfig:
     number, 0 < idle_s <= 86400, default 60) is reaped; with ``min_workers = 0`` the
     pool then scales to zero. ``keep_zygote`` (default true) keeps the deployment's
     zygote when the pool is at zero, so a cold start is a fork, not an interpreter start.
+    ``handoff`` (default true) lets the node hand a client connection to a worker,
+    which then serves its requests itself (the node leaves the data path; each held
+    connection counts like a request in flight); false proxies every request.
     """
 
     target_concurrency: int = 4
@@ -151,6 +154,7 @@ class ScalingConfig:
     max_workers: int = 4
     idle_s: float = 60.0
     keep_zygote: bool = True
+    handoff: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -598,12 +602,22 @@ class _Checker:
                     f"scaling.keep_zygote must be true or false (got {_show(raw)})",
                 )
             keep = raw
+        handoff = out.handoff
+        if "handoff" in data:
+            raw = data["handoff"]
+            if not isinstance(raw, bool):
+                self.fail(
+                    ("scaling", "handoff"),
+                    f"scaling.handoff must be true or false (got {_show(raw)})",
+                )
+            handoff = raw
         return ScalingConfig(
             target_concurrency=out.target_concurrency,
             min_workers=out.min_workers,
             max_workers=out.max_workers,
             idle_s=idle_s,
             keep_zygote=keep,
+            handoff=handoff,
         )
 
     def binding_name(self, value: object, path: _KeyPath, what: str) -> str:

@@ -80,6 +80,32 @@ class UsageMeter:
         if error_code is not None:
             usage.errors[error_code] += 1
 
+    def merge(
+        self,
+        deployment: str,
+        outcome: str,
+        requests: int,
+        cpu_ms: float,
+        wall_ms: float,
+        bytes_in: int,
+        bytes_out: int,
+        cold_starts: int,
+        error_code: str | None,
+    ) -> None:
+        """Fold ``requests`` requests counted elsewhere (a worker) into the totals."""
+        usage = self._by_deployment.get(deployment)
+        if usage is None:
+            usage = self._by_deployment[deployment] = DeploymentUsage()
+        usage.requests += requests
+        usage.cpu_ms += cpu_ms
+        usage.wall_ms += wall_ms
+        usage.bytes_in += bytes_in
+        usage.bytes_out += bytes_out
+        usage.cold_starts += cold_starts
+        usage.outcomes[outcome] += requests
+        if error_code is not None:
+            usage.errors[error_code] += requests
+
     def get(self, deployment: str) -> DeploymentUsage:
         """The totals of ``deployment`` (zeros if it has served nothing)."""
         return self._by_deployment.get(deployment) or DeploymentUsage()

@@ -335,6 +335,12 @@ class GeoResolver:
         if self._by_peer is not None:
             self._by_peer.clear()
 
+    @property
+    def per_peer(self) -> bool:
+        """True when the answer depends on the peer address alone (no trusted proxies,
+        not dev): then it is the same for every request on a connection."""
+        return self._by_peer is not None
+
     def is_trusted(self, ip: str | None) -> bool:
         """Tell whether ``ip`` is one of the configured trusted proxies."""
         addr = parse_ip(ip)

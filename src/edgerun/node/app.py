@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from edgerun.edge.routes import RouteTable
 from edgerun.errors import EdgerunError, NotFound, error_body, to_http
 from edgerun.http import Request, Response
 from edgerun.node.deployment import Deployment
+from edgerun.node.ids import new_request_id
 from edgerun.node.versions import VersionChooser
 from edgerun.runtime.invoke import Invocation
 
@@ -41,33 +41,6 @@ NODE_PREFIX = "/__edgerun"
 _HEALTH_BODY = b'{"status":"ok"}'
 
 
-class _RequestIds:
-    """Random 16-hex-digit ids from a buffer refilled by one ``urandom`` call per 256 ids.
-
-    Still unpredictable (the OS CSPRNG), without a system call per request.
-    """
-
-    __slots__ = ("_buf", "_pos")
-
-    _BATCH = 256 * 8
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._pos = self._BATCH
-
-    def __call__(self) -> str:
-        pos = self._pos
-        if pos >= self._BATCH:
-            self._buf = os.urandom(self._BATCH)
-            pos = 0
-        self._pos = pos + 8
-        return self._buf[pos : pos + 8].hex()
-
-
-new_request_id = _RequestIds()
-"""``new_request_id()``: a random 16-hex-digit request id."""
-
-
 class Node:
     """Hosts deployments on one edge node and dispatches requests to them."""
 
@@ -80,6 +53,8 @@ class Node:
         self.usage = UsageMeter()
         self._deployments: dict[str, Deployment] = {}
         self._routes: RouteTable[Deployment] = RouteTable([])
+        self._route_pairs: list[tuple[str, Deployment]] = []
+        self._route_lists: dict[str, list[tuple[str, bool]]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         # Set when the node follows a control plane (node.sync): which version of a
         # project serves a request, and the embedded control API, if any.
@@ -94,6 +69,58 @@ class Node:
     def _rebuild_routes(self) -> None:
         pairs = [(route, d) for d in self._deployments.values() for route in d.config.routes]
         self._routes = RouteTable(pairs)
+        self._route_pairs = pairs
+        self._route_lists = {}
+        # Workers holding connections check requests against the old routes: take
+        # the connections back, they are routed afresh at their next request.
+        for d in self._deployments.values():
+            give_all = getattr(d.invoker, "give_all", None)
+            if give_all is not None:
+                give_all()
+
+    def route(self, host: str | None, path: str) -> Deployment | None:
+        """The deployment whose route matches ``host`` and ``path``, if any."""
+        return self._routes.match(host, path)
+
+    def route_list(self, deployment: Deployment) -> list[tuple[str, bool]]:
+        """Every route pattern on the node, with whether it is ``deployment``'s (for a
+        worker that must recognise requests that belong elsewhere)."""
+        found = self._route_lists.get(deployment.name)
+        if found is None:
+            found = [(route, d is deployment) for route, d in self._route_pairs]
+            self._route_lists[deployment.name] = found
+        return found
+
+    def usage_sink(self, deployment: Deployment) -> Callable[[list[Any]], None]:
+        """Where a deployment's workers report the usage of requests they served."""
+        name = deployment.name
+        merge = self.usage.merge
+
+        def sink(rows: list[Any]) -> None:
+            for outcome, requests, cpu_ms, wall_ms, bytes_in, bytes_out, cold, code in rows:
+                merge(
+                    name,
+                    outcome,
+                    requests,
+                    cpu_ms,
+                    wall_ms,
+                    bytes_in,
+                    bytes_out,
+                    cold,
+                    code or None,
+                )
+
+        return sink
+
+    async def flush_usage(self) -> None:
+        """Collect the usage workers have counted but not yet reported."""
+        flushes = []
+        for d in list(self._deployments.values()):
+            flush = getattr(d.invoker, "flush_usage", None)
+            if flush is not None:
+                flushes.append(flush())
+        if flushes:
+            await asyncio.gather(*flushes, return_exceptions=True)
 
     async def replace(self, deployment: Deployment) -> None:
         """Serve ``deployment`` (adding it, or swapping out the one of the same name).
@@ -125,6 +152,8 @@ class Node:
         if self.control is not None and path.startswith(CONTROL_PREFIX):
             return await self.control(request), None
         if path.startswith(NODE_PREFIX) or path == "/healthz":
+            if path == f"{NODE_PREFIX}/usage" and _is_local(request):
+                await self.flush_usage()
             return self._node_endpoint(request, path), None
         request_id = new_request_id()
         ip, geo = self.geo.resolve(request.ip, request.headers.get, request.headers.getlist)

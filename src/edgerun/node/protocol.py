@@ -21,13 +21,23 @@ and adds, per connection:
 
 Use ``protocol_class(limits)`` to get a class bound to a limits object and pass it as
 uvicorn's ``Config(http=...)``.
+
+A ``Diverter`` (``protocol_class(limits, diverter)``) may take a connection away at
+a request head: the protocol keeps the raw bytes of the request being read (while it
+started at the beginning of a received chunk, so they are exactly the stream from
+that request on), asks ``diverter.plan(protocol)`` once the head is checked, and on a
+plan stops parsing and gives the bytes to ``diverter.divert``. The node uses it to hand
+connections to isolated workers; a worker uses it to give them back
+(``runtime.isolate.handoff``). ``resume(data)`` makes a diverted connection served
+here again, starting with ``data``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 from urllib.parse import unquote
 
 import httptools
@@ -53,7 +63,7 @@ from edgerun.security.limits import (
     check_url,
 )
 
-__all__ = ["NodeCycle", "NodeHttpToolsProtocol", "protocol_class", "render_error"]
+__all__ = ["Diverter", "NodeCycle", "NodeHttpToolsProtocol", "protocol_class", "render_error"]
 
 # Lingering close after an error response: how long, and how many bytes, the node keeps
 # reading (and dropping) what the client is still sending. Closing a socket with unread
@@ -68,6 +78,24 @@ _GOOD_NAMES_MAX = 1024
 # One ASGI "asgi" scope entry for every request (uvicorn builds a new dict per request;
 # nothing downstream mutates it).
 _ASGI_VERSION = {"version": "3.0", "spec_version": "2.3"}
+
+
+class Diverter(Protocol):
+    """Decides, per request head, whether a connection is served somewhere else."""
+
+    def plan(self, protocol: NodeHttpToolsProtocol) -> object | None:
+        """Look at the checked head (``protocol.url``, ``.headers``, ``.client``...);
+        return a plan to divert the connection, or None to serve it here."""
+        ...
+
+    def divert(self, protocol: NodeHttpToolsProtocol, plan: object, data: bytes) -> None:
+        """Take the connection over: ``data`` is everything read from the request whose
+        head was planned on. The protocol has stopped reading and serving it."""
+        ...
+
+
+class _Divert(Exception):
+    """Raised out of a parser callback to stop parsing at a diverted head."""
 
 
 def render_error(exc: BaseException, default_headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -161,6 +189,8 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
     """
 
     limits: ClassVar[HttpLimits] = HttpLimits()
+    diverter: ClassVar[Diverter | None] = None
+    cycle_class: ClassVar[type[NodeCycle]] = NodeCycle
 
     def __init__(
         self,
@@ -204,6 +234,15 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         self._rejected = False
         self._ignore_input = False
         self._drained = 0
+        # Diversion: the raw bytes from the start of the request being read (None when
+        # that start is not known: no diverter, or the request began mid-chunk), whether
+        # a request already began in the chunk being parsed, the pending plan, and
+        # whether the connection is served elsewhere now.
+        self._raw: bytearray | None = None
+        self._begun_in_chunk = False
+        self._plan: object | None = None
+        self._skip_plan = False
+        self.diverted = False
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -228,11 +267,17 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
             if self._drained > _LINGER_MAX_BYTES:
                 self.transport.close()
             return
-        if self._ignore_input:
+        if self._ignore_input or self.diverted:
             return
         if self._in_head:
             self._head_bytes += len(data)
         self._idle_deadline = None
+        if self.diverter is not None:
+            if self._at_boundary():
+                self._raw = bytearray(data)
+            elif self._raw is not None:
+                self._raw += data
+            self._begun_in_chunk = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -244,6 +289,9 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
                 self.cycle.keep_alive = False
             return
         except httptools.HttpParserError as exc:
+            if self._plan is not None:
+                self._hand_off()
+                return
             failure = self._failure
             self._failure = None
             if failure is None:
@@ -296,6 +344,10 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_started = True
         self._url_bytes = self._header_bytes = self._header_count = 0
+        if self._begun_in_chunk:
+            # A second request in one chunk: its bytes do not start the buffer.
+            self._raw = None
+        self._begun_in_chunk = True
         if self._hosts:
             self._hosts = []
         if self._lengths:
@@ -358,6 +410,14 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         except RequestError as exc:
             raise self._fail(exc, in_body=False) from None
         self._meter.received = 0
+        if self._raw is not None:
+            diverter = self.diverter
+            plan = diverter.plan(self) if diverter is not None and not self._skip_plan else None
+            self._skip_plan = False
+            if plan is not None:
+                self._plan = plan
+                raise _Divert()
+            self._raw = None  # the body is not needed: this request is served here
         # Handed to node.asgi_front, which then skips its own (identical) head check.
         self.scope[FRAMING_SCOPE_KEY] = framing  # type: ignore[literal-required]
         self._start_cycle()
@@ -412,7 +472,7 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         else:
             app = self.app
         existing_cycle = self.cycle
-        self.cycle = NodeCycle(
+        self.cycle = self.cycle_class(
             scope=scope,
             transport=self.transport,
             flow=self.flow,
@@ -431,6 +491,67 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
             # Pipelined requests wait for the previous response.
             self.flow.pause_reading()
             self.pipeline.appendleft((self.cycle, app))
+
+    # -- diversion --------------------------------------------------------------------
+
+    def _at_boundary(self) -> bool:
+        """Between requests, with nothing of the next one parsed or queued."""
+        cycle = self.cycle
+        return (
+            self._in_head
+            and not self._head_started
+            and (cycle is None or cycle.response_complete)
+            and not self.pipeline
+        )
+
+    def _hand_off(self) -> None:
+        """Stop serving this connection and give it, with its unparsed bytes, away."""
+        plan, self._plan = self._plan, None
+        data = bytes(self._raw or b"")
+        self._raw = None
+        self.diverted = True
+        self._head_deadline = self._idle_deadline = None
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
+        self.flow.pause_reading()
+        assert self.diverter is not None and plan is not None
+        self.diverter.divert(self, plan, data)
+
+    def fileno(self) -> int:
+        """The connection's socket descriptor."""
+        return int(self.transport.get_extra_info("socket").fileno())
+
+    def abort(self, error: BaseException | None) -> None:
+        """End a diverted connection: answer ``error`` (JSON) first if given."""
+        if self.transport.is_closing():
+            return
+        if error is not None:
+            self.transport.write(render_error(error, self.server_state.default_headers))
+        self.transport.close()
+
+    def resume(self, data: bytes, *, divert: bool = True) -> None:
+        """Serve this diverted connection here again, starting with ``data``;
+        ``divert=False``: serve its next request here whatever the diverter says."""
+        if not self.diverted:
+            return
+        if self.transport.is_closing():
+            return
+        self._skip_plan = not divert
+        self.diverted = False
+        self.parser = httptools.HttpRequestParser(self)
+        with contextlib.suppress(AttributeError):
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.cycle = None  # type: ignore[assignment]
+        self._in_head = True
+        self._head_started = False
+        self._head_bytes = 0
+        self._idle_deadline = self.loop.time() + self.timeout_keep_alive
+        self._arm_head_timer()
+        self.flow.resume_reading()
+        if data:
+            self.data_received(data)
 
     # -- deadlines and refusals ------------------------------------------------------
 
@@ -463,7 +584,7 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
 
     def _on_head_timer(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self.diverted:
             return
         now = self.loop.time()
         idle = self._idle_deadline
@@ -545,11 +666,15 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         self._linger_timer = self.loop.call_later(_LINGER_S, self.transport.close)
 
 
-def protocol_class(limits: HttpLimits) -> type[NodeHttpToolsProtocol]:
-    """A ``NodeHttpToolsProtocol`` subclass enforcing ``limits`` (for ``Config(http=...)``)."""
+def protocol_class(
+    limits: HttpLimits, diverter: Diverter | None = None
+) -> type[NodeHttpToolsProtocol]:
+    """A ``NodeHttpToolsProtocol`` subclass enforcing ``limits`` (for ``Config(http=...)``),
+    with ``diverter`` deciding which connections are served elsewhere."""
 
     class BoundNodeHttpToolsProtocol(NodeHttpToolsProtocol):
         pass
 
     BoundNodeHttpToolsProtocol.limits = limits
+    BoundNodeHttpToolsProtocol.diverter = diverter
     return BoundNodeHttpToolsProtocol

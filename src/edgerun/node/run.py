@@ -19,6 +19,7 @@ from edgerun.edge.geo import GeoResolver
 from edgerun.errors import EdgerunError
 from edgerun.node.app import Node
 from edgerun.node.deployment import Deployment
+from edgerun.node.handoff import NodeHandoff
 from edgerun.node.server import serve
 from edgerun.node.state import default_state_dir
 from edgerun.runtime.loader import unload
@@ -112,6 +113,7 @@ async def run_node(opts: NodeOptions, *, on_ready: Callable[[str, int], None]) -
             limits=opts.http_limits,
             on_ready=on_ready,
             shutdown=stop,
+            diverter=NodeHandoff(node, opts.http_limits),
         )
     finally:
         if watcher is not None:

@@ -31,11 +31,14 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 # Dispatch and After are defined with the front ends and re-exported here.
 from edgerun.node.front import After, Dispatch
 from edgerun.security.limits import HttpLimits
+
+if TYPE_CHECKING:
+    from edgerun.node.protocol import Diverter
 
 __all__ = ["After", "Dispatch", "ServerKind", "bind_socket", "loop_factory", "run", "serve"]
 
@@ -82,6 +85,7 @@ async def serve(
     shutdown: asyncio.Event | None = None,
     graceful_timeout_s: float | None = 30.0,
     backlog: int = 2048,
+    diverter: Diverter | None = None,
 ) -> None:
     """Serve ``dispatch`` over HTTP/1.1 on ``host:port`` until shut down.
 
@@ -93,6 +97,7 @@ async def serve(
     ``graceful_timeout_s`` seconds (None = no limit) to finish. The previous signal
     handlers are restored on return, and a second signal falls through to them (e.g.
     KeyboardInterrupt) to stop waiting. Returns normally after a requested shutdown.
+    ``diverter`` (uvicorn only) may take connections elsewhere (``node.handoff``).
     Raises ``OSError`` when the address cannot be bound, ``ValueError`` for an unknown
     ``server``, ``RuntimeError`` if granian's worker dies on its own.
     """
@@ -110,7 +115,9 @@ async def serve(
     try:
         with _stop_on_signals(stop):
             if server == "uvicorn":
-                await _serve_uvicorn(dispatch, sock, limits, ready, stop, graceful_timeout_s)
+                await _serve_uvicorn(
+                    dispatch, sock, limits, ready, stop, graceful_timeout_s, diverter
+                )
             else:
                 await _serve_granian(
                     dispatch, sock, limits, ready, stop, graceful_timeout_s, backlog
@@ -205,6 +212,7 @@ async def _serve_uvicorn(
     ready: Callable[[], None],
     stop: asyncio.Event,
     graceful_timeout_s: float | None,
+    diverter: Diverter | None = None,
 ) -> None:
     import uvicorn
 
@@ -224,7 +232,7 @@ async def _serve_uvicorn(
 
     config = uvicorn.Config(
         AsgiFront(dispatch, limits),
-        http=protocol_class(limits),
+        http=protocol_class(limits, diverter),
         ws="none",
         lifespan="off",
         interface="asgi3",

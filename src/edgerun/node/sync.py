@@ -313,6 +313,15 @@ class ControlSync:
 
     # -- choosing a version per request ------------------------------------------------
 
+    def fixed(self, deployment: Deployment) -> list[tuple[str, str]] | None:
+        """See ``VersionChooser.fixed``."""
+        project = self._projects.get(deployment.name)
+        if project is None:
+            return []
+        if project.split is not None:
+            return None
+        return [(VERSION_HEADER, project.version_of(deployment) or project.active)]
+
     async def choose(
         self, deployment: Deployment, request: Request
     ) -> tuple[Deployment, list[tuple[str, str]]]:

@@ -34,3 +34,9 @@ class VersionChooser(Protocol):
         choice and the dispatcher's ``enter()`` happen without a swap in between.
         """
         ...
+
+    def fixed(self, deployment: Deployment) -> list[tuple[str, str]] | None:
+        """The headers every request to ``deployment`` gets when no per-request choice
+        exists (no split), else None. A forced version is per request: a request with
+        the version header always goes through ``choose``."""
+        ...

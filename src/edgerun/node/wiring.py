@@ -161,6 +161,7 @@ def pool_settings(config: ProjectConfig) -> PoolSettings:
         idle_s=s.idle_s,
         keep_zygote=s.keep_zygote,
         max_concurrency=config.limits.max_concurrency,
+        handoff=s.handoff,
     )
 
 

@@ -2,7 +2,8 @@
 
 Started by the node (``IsolatedInvoker``) in a fresh interpreter for one deployment.
 It injects the node's binding factory (``wiring.open_bindings``, opened in each
-worker relative to its state directory) into ``runtime.isolate.zygote``, which does
+worker relative to its state directory) and the HTTP server for handed-off
+connections (``node.direct``) into ``runtime.isolate.zygote``, which does
 the rest: read the spec, drop privileges, import the user's code, fork workers.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from edgerun.bindings.base import Binding
+from edgerun.node.direct import serve_connections
 from edgerun.node.wiring import open_bindings
 from edgerun.runtime.isolate.protocol import BindingSpec
 from edgerun.runtime.isolate.zygote import main_exit, serve_zygote
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     control = socket.socket(fileno=args.control_fd)
     control.setblocking(True)
-    main_exit(serve_zygote(control, _open_in_worker))
+    main_exit(serve_zygote(control, _open_in_worker, serve_connections))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@ ASGI app's task, its ``wait_until`` work) runs wrapped in ``Metered``: each step
 task (one ``send``/``throw`` into its coroutine, i.e. the code between two awaits) is
 timed with ``time.thread_time()`` and charged to the request's ``Meter``.
 
-A step that never yields cannot be stopped from the loop, so the remaining budget is
-armed on ``ITIMER_PROF`` (user + system CPU of this process) for the duration of the
-step; its ``SIGPROF`` handler raises ``CpuExceeded`` (a ``BaseException``, so ordinary
-``except Exception`` blocks do not swallow it) in the running step. Code that swallows
-``BaseException`` or loops inside C (where Python signal handlers never run) is caught
-by the node's watchdog, which kills the whole worker.
+A step that never yields cannot be stopped from the loop. ``ITIMER_PROF`` (user +
+system CPU of this process) ticks every ``tick_s`` of CPU the worker burns, a fraction
+of the budget; its ``SIGPROF`` handler checks the running step's meter and raises
+``CpuExceeded`` (a ``BaseException``, so ordinary ``except Exception`` blocks do not
+swallow it) in the step once the request is over budget -- and again at every later
+tick, so code that catches it once is interrupted again. The timer is armed once, not
+per step: a system call is dear here, and an idle worker burns no CPU, so gets no
+ticks. Code that swallows ``BaseException`` or loops inside C (where Python signal
+handlers never run) is caught by the node's watchdog, which kills the whole worker.
 """
 
 from __future__ import annotations
@@ -23,16 +26,15 @@ import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
-__all__ = ["CpuExceeded", "Meter", "Metered", "current_meter", "disarm", "install"]
+__all__ = ["CpuExceeded", "Meter", "Metered", "current_meter", "disarm", "install", "tick_for"]
 
 T = TypeVar("T")
 
 _thread_time = time.thread_time
-_setitimer = signal.setitimer
-_ITIMER = signal.ITIMER_PROF
-# After the first signal, keep firing every 10 ms: code that catches CpuExceeded once
-# (a broad ``except BaseException`` around one call) is interrupted again.
-_REFIRE_S = 0.01
+# The tick is a fifth of the budget, between 1 and 10 ms of CPU: a request is stopped
+# within budget + one tick.
+_TICK_MIN_S = 0.001
+_TICK_MAX_S = 0.01
 
 current_meter: contextvars.ContextVar[Meter | None] = contextvars.ContextVar(
     "edgerun_meter", default=None
@@ -91,19 +93,19 @@ class Metered(Coroutine[Any, Any, T]):
         meter = self._meter
         if meter.exceeded:
             fn, arg = self._coro.throw, CpuExceeded()
-        remaining = meter.budget_s - meter.cpu_s
-        _setitimer(_ITIMER, remaining if remaining > 0.0005 else 0.0005, _REFIRE_S)
-        _armed = True
         outer, outer_started = _running, _step_started
         _running = meter
         start = _step_started = _thread_time()
+        end = 0.0
+        _armed = True
         try:
             return fn(arg)
         except StopIteration:
             # The timer may not have fired yet when the last step ends over budget (the
             # signal is delivered between bytecodes, and only after a tick): fail the
             # request anyway, so the outcome never depends on signal timing.
-            if meter.cpu_s + _thread_time() - start > meter.budget_s:
+            end = _thread_time()
+            if meter.cpu_s + end - start > meter.budget_s:
                 meter.exceeded = True
                 raise CpuExceeded() from None
             raise
@@ -116,8 +118,7 @@ class Metered(Coroutine[Any, Any, T]):
         finally:
             _armed = False
             _running, _step_started = outer, outer_started
-            _setitimer(_ITIMER, 0)
-            meter.cpu_s += _thread_time() - start
+            meter.cpu_s += (end or _thread_time()) - start
             if meter.cpu_s > meter.budget_s:
                 meter.exceeded = True
 
@@ -158,18 +159,22 @@ class Metered(Coroutine[Any, Any, T]):
 
 
 def disarm() -> None:
-    """Stop the CPU timer for the rest of the running step (the request already failed).
+    """Stop checking the running step (its request already failed).
 
-    The error response is built inside the step that was interrupted; a re-fired
-    signal must not interrupt that too.
+    The error response is built inside the step that was interrupted; a later tick
+    must not interrupt that too.
     """
     global _armed
     _armed = False
-    _setitimer(_ITIMER, 0)
 
 
 def _on_signal(signum: int, frame: Any) -> None:
-    if _armed:
+    meter = _running
+    if (
+        _armed
+        and meter is not None
+        and (meter.exceeded or meter.cpu_s + _thread_time() - _step_started > meter.budget_s)
+    ):
         raise CpuExceeded()
 
 
@@ -184,7 +189,15 @@ def _task_factory(
     return asyncio.Task(coro, loop=loop, context=context)
 
 
-def install(loop: asyncio.AbstractEventLoop) -> None:
-    """Meter every task created under a ``current_meter`` on ``loop``; arm the signal."""
+def tick_for(budget_s: float) -> float:
+    """The CPU tick for requests with ``budget_s`` of CPU each."""
+    return min(_TICK_MAX_S, max(_TICK_MIN_S, budget_s / 5))
+
+
+def install(loop: asyncio.AbstractEventLoop, budget_s: float) -> None:
+    """Meter every task created under a ``current_meter`` on ``loop``; start the tick
+    for requests of ``budget_s`` CPU seconds."""
     signal.signal(signal.SIGPROF, _on_signal)
+    tick = tick_for(budget_s)
+    signal.setitimer(signal.ITIMER_PROF, tick, tick)
     loop.set_task_factory(_task_factory)  # type: ignore[arg-type]

@@ -21,8 +21,9 @@ from edgerun.clock import Clock, SystemClock
 from edgerun.errors import HandlerError, LimitExceeded, WorkerCrashed, WorkerError, to_http
 from edgerun.http import Headers, Request, Response
 from edgerun.runtime.invoke import REQUEST_ID_HEADER, Invocation
-from edgerun.runtime.isolate.pool import Call, Pool, PoolSettings
-from edgerun.runtime.isolate.protocol import Body, Cancel, Head, Spec, Start
+from edgerun.runtime.isolate.handoff import Client
+from edgerun.runtime.isolate.pool import Call, Pool, PoolSettings, UsageSink
+from edgerun.runtime.isolate.protocol import Adopt, Body, Cancel, Head, Spec, Start
 from edgerun.runtime.limits import Usage
 from edgerun.runtime.outcome import Outcome
 
@@ -66,6 +67,25 @@ class IsolatedInvoker:
     def stats(self) -> dict[str, Any]:
         """The pool's state for ``/__edgerun/pools``."""
         return self.pool.stats()
+
+    async def adopt(self, client: Client, message: Adopt, usage: UsageSink) -> bool:
+        """Hand a client connection to a worker (``handoff``); False: serve it here.
+
+        ``usage`` receives the usage of the requests workers serve directly.
+        """
+        self.pool.usage_sink = usage
+        taken = await self.pool.adopt(client, message)
+        if taken and message.cold:
+            _log.info("connection handed to a new worker: cold start of %s", self.spec.name)
+        return taken
+
+    async def flush_usage(self) -> None:
+        """Collect the usage workers counted for directly served requests."""
+        await self.pool.flush()
+
+    def give_all(self) -> None:
+        """Take every handed-off connection back (the node's routes changed)."""
+        self.pool.give_all()
 
     async def invoke(self, request: Request, *, request_id: str) -> Invocation:
         """Run one request in a worker; see ``Invoker`` and the module docstring."""

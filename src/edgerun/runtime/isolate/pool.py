@@ -11,6 +11,11 @@ that finds the pool at zero waits for a fork: a cold start.
 by id, turns a lost connection into ``worker_crashed`` for every call still on it,
 and a watchdog kills a worker that burns CPU without making progress (a handler
 stuck in C code or swallowing the CPU-limit exception).
+
+``Pool.adopt`` hands a client connection to a worker (``handoff``): each connection
+it holds counts as one unit of load, like a request in flight, so a worker takes at
+most ``max_concurrency`` of them and the pool scales on them as on requests. When the
+worker dies, the node answers for its connections from the shared slot table.
 """
 
 from __future__ import annotations
@@ -20,26 +25,41 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from edgerun.errors import LimitExceeded, Overloaded, WorkerCrashed
+from edgerun.runtime.isolate.handoff import MAX_CONNS, Client, Slots, send_packet
 from edgerun.runtime.isolate.protocol import (
+    MAX_CONTROL_PACKET,
+    Adopt,
     Cancel,
     Chunk,
+    Closed,
+    ConnMessage,
     DataMessage,
     Done,
+    Flush,
     FrameError,
     FrameReader,
+    Give,
     Head,
+    Report,
+    Retiring,
+    Returned,
     Spec,
+    decode_conn,
     encode_frame,
 )
-from edgerun.runtime.isolate.zygote_client import ZygoteClient
+from edgerun.runtime.isolate.zygote_client import ForkedWorker, ZygoteClient
 
-__all__ = ["Call", "Pool", "PoolSettings", "WorkerConn"]
+__all__ = ["Call", "Pool", "PoolSettings", "UsageSink", "WorkerConn"]
+
+UsageSink = Callable[[list[tuple[str, int, float, float, int, int, int, str]]], None]
+"""Receives the usage rows (``protocol.Report``) of requests a worker served directly."""
 
 _log = logging.getLogger("edgerun.isolate")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -56,6 +76,7 @@ class PoolSettings:
     idle_s: float = 60.0
     keep_zygote: bool = True
     max_concurrency: int = 16
+    handoff: bool = True
 
     @property
     def queue_limit(self) -> int:
@@ -128,10 +149,21 @@ class Call:
 class WorkerConn(asyncio.Protocol):
     """The node's end of one worker's data socket."""
 
-    def __init__(self, pool: Pool, pid: int) -> None:
+    def __init__(
+        self, pool: Pool, pid: int, conns: socket.socket | None = None, slots: Slots | None = None
+    ) -> None:
         self.pool = pool
         self.pid = pid
         self.loop = asyncio.get_running_loop()
+        # Handoff: the connection channel, the shared slot table, the connections the
+        # worker holds (by id: client and slot), free slots, and flushes waiting.
+        self.conns = conns
+        self.slots = slots
+        self.direct: dict[int, tuple[Client, int]] = {}
+        self.free_slots: list[int] = []
+        self.next_slot = 0
+        self.flushes: dict[int, asyncio.Future[None]] = {}
+        self.idle_progress = -1
         self.calls: dict[int, Call] = {}
         self.inflight = 0
         self.retiring = False
@@ -143,6 +175,7 @@ class WorkerConn(asyncio.Protocol):
         self.idle_handle: asyncio.TimerHandle | None = None
         self.exit_status: int | None = None
         self.killed_for_cpu: Call | None = None
+        self.watchdog_killed = False
         self.watch_cpu: float | None = None
         self.watch_frames = 0
         self.stuck_cpu = 0.0
@@ -232,21 +265,11 @@ class WorkerConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._answer_for_direct()
         self.pool.lost(self)
         culprit = self.killed_for_cpu
         for call in list(self.calls.values()):
-            if call is culprit:
-                error: BaseException = LimitExceeded(
-                    "cpu",
-                    f"the request used more than its CPU time limit (cpu_ms = "
-                    f"{self.pool.spec.cpu_ms}) and did not stop; its worker was killed. Make "
-                    "it faster or raise [limits] cpu_ms in edgerun.toml",
-                )
-            else:
-                error = WorkerCrashed(
-                    "the worker process running this request died; the request was not "
-                    "completed (it is safe to retry only if it is idempotent)"
-                )
+            error = self.pool.cpu_error() if call is culprit else self.pool.crash_error()
             _log.warning(
                 "request %s: %s (worker %d of %s)",
                 call.request_id,
@@ -256,12 +279,157 @@ class WorkerConn(asyncio.Protocol):
             )
             self.finish_call(call, error)
 
+    # -- handed-off connections -----------------------------------------------------------
+
+    @property
+    def load(self) -> int:
+        """Requests in flight plus connections held: what scheduling compares."""
+        return self.inflight + len(self.direct)
+
+    def open_channel(self) -> None:
+        """Start reading the connection channel."""
+        if self.conns is not None:
+            self.conns.setblocking(False)
+            self.loop.add_reader(self.conns.fileno(), self._channel_readable)
+
+    def adopt(self, client: Client, conn: int, message: Adopt) -> bool:
+        """Hand ``client`` to the worker; False when it cannot take it (then nothing
+        changed and the caller keeps serving the connection)."""
+        if self.conns is None or self.slots is None or self.closed:
+            return False
+        if self.free_slots:
+            slot = self.free_slots.pop()
+        elif self.next_slot < MAX_CONNS:
+            slot = self.next_slot
+            self.next_slot += 1
+        else:
+            return False
+        self.slots.clear(slot)
+        message.conn = conn
+        message.slot = slot
+        try:
+            send_packet(self.conns, message, [client.fileno()])
+        except OSError:
+            self.free_slots.append(slot)
+            return False
+        self.direct[conn] = (client, slot)
+        return True
+
+    def give(self, conn: int = -1, *, close: bool = False) -> None:
+        """Ask for connection ``conn`` (default: all) back once it is idle."""
+        self._send(Give(conn, close))
+
+    async def flush(self, seq: int, timeout_s: float) -> None:
+        """Have the worker report its usage; wait (bounded) for the report."""
+        if self.conns is None or self.closed:
+            return
+        waiter = self.flushes[seq] = self.loop.create_future()
+        self._send(Flush(seq))
+        try:
+            async with asyncio.timeout(timeout_s):
+                await waiter
+        except TimeoutError:
+            pass
+        finally:
+            self.flushes.pop(seq, None)
+
+    def _send(self, message: ConnMessage) -> None:
+        if self.conns is None or self.closed:
+            return
+        with contextlib.suppress(OSError):
+            send_packet(self.conns, message)
+
+    def _channel_readable(self) -> None:
+        conns = self.conns
+        assert conns is not None
+        while True:
+            try:
+                data = conns.recv(MAX_CONTROL_PACKET)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.loop.remove_reader(conns.fileno())
+                return
+            try:
+                message = decode_conn(data)
+            except FrameError as exc:
+                _log.error("worker %d of %s: %s; killing it", self.pid, self.pool.name, exc)
+                self.kill()
+                return
+            self._on_channel(message)
+
+    def _on_channel(self, message: ConnMessage) -> None:
+        if isinstance(message, Returned | Closed):
+            entry = self.direct.pop(message.conn, None)
+            if entry is None:
+                return
+            client, slot = entry
+            self.free_slots.append(slot)
+            if isinstance(message, Returned):
+                client.resume(message.data)
+            else:
+                client.abort(None)
+            self.pool.released_conn(self)
+        elif isinstance(message, Report):
+            sink = self.pool.usage_sink
+            if sink is not None and message.rows:
+                sink(message.rows)
+            waiter = self.flushes.get(message.seq)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif isinstance(message, Retiring):
+            self.pool.retire(self, message.why)
+
+    def _answer_for_direct(self) -> None:
+        """The worker is gone: answer, close or take back each connection it held."""
+        if self.conns is not None:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self.conns.fileno())
+        slots = self.slots
+        if not self.direct or slots is None:
+            return
+        states = {conn: slots.state(slot) for conn, (_client, slot) in self.direct.items()}
+        culprit = None
+        if self.killed_for_cpu is None and self.watchdog_killed:
+            waiting = [
+                (seq, conn) for conn, (seq, responding) in states.items() if seq and not responding
+            ]
+            if waiting:
+                culprit = min(waiting)[1]
+        for conn, (client, _slot) in list(self.direct.items()):
+            seq, responding = states[conn]
+            if not seq:
+                client.resume(b"")  # idle: the node serves it again
+            elif responding:
+                client.abort(None)  # half-answered: only a close is left
+            else:
+                error: BaseException = (
+                    self.pool.cpu_error() if conn == culprit else self.pool.crash_error()
+                )
+                _log.warning(
+                    "a request on a connection of worker %d of %s: %s",
+                    self.pid,
+                    self.pool.name,
+                    error,
+                )
+                client.abort(error)
+        self.direct.clear()
+        for waiter in self.flushes.values():
+            if not waiter.done():
+                waiter.set_result(None)
+
     # -- control --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the socket: the worker finishes its deferred work and exits."""
+        """Close the sockets: the worker finishes its deferred work and exits."""
         if self.transport is not None:
             self.transport.close()
+        if self.conns is not None and not self.closed:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self.conns.fileno())
+            self.conns.close()
 
     def kill(self) -> None:
         """SIGKILL the worker process (its connection then reports every call crashed)."""
@@ -297,6 +465,25 @@ class Pool:
         self._watchdog: asyncio.TimerHandle | None = None
         self._watch_s = max(2 * spec.cpu_ms, 20) / 1000
         self._on_change: Callable[[], None] | None = None
+        self.usage_sink: UsageSink | None = None
+        self._next_conn = 0
+        self._flush_seq = 0
+
+    def cpu_error(self) -> LimitExceeded:
+        """The error of a request whose worker the watchdog killed for CPU."""
+        return LimitExceeded(
+            "cpu",
+            f"the request used more than its CPU time limit (cpu_ms = "
+            f"{self.spec.cpu_ms}) and did not stop; its worker was killed. Make "
+            "it faster or raise [limits] cpu_ms in edgerun.toml",
+        )
+
+    def crash_error(self) -> WorkerCrashed:
+        """The error of a request whose worker died under it."""
+        return WorkerCrashed(
+            "the worker process running this request died; the request was not "
+            "completed (it is safe to retry only if it is idempotent)"
+        )
 
     # -- zygote -----------------------------------------------------------------------------
 
@@ -361,8 +548,9 @@ class Pool:
                 if w.retiring or w.closed:
                     continue
                 live += 1
-                total += w.inflight
-                if w.inflight < limit and (best is None or w.inflight < best.inflight):
+                load = w.load
+                total += load
+                if load < limit and (best is None or load < best.load):
                     best = w
             capacity = live + self.forking
             if capacity < self.settings.max_workers and (
@@ -407,6 +595,54 @@ class Pool:
                 waiter.set_result(None)
                 return
 
+    # -- handed-off connections -----------------------------------------------------------
+
+    def can_adopt(self) -> bool:
+        """Whether ``adopt`` may succeed now: a worker has room, or none runs yet (a
+        cold start), or the pool may grow. False sends the request down the proxy path."""
+        if self.closing:
+            return False
+        live = self._live()
+        if not live:
+            return True
+        limit = self.settings.max_concurrency
+        if any(w.load < limit and w.conns is not None for w in live):
+            return True
+        return len(live) + self.forking < self.settings.max_workers
+
+    async def adopt(self, client: Client, message: Adopt) -> bool:
+        """Give connection ``client`` to a worker (``message`` says what the worker needs
+        to know of it); returns whether it was taken. Waits only when the pool has no
+        worker yet (a cold start); raises what ``acquire`` raises then."""
+        worker, cold = await self.acquire()
+        worker.inflight -= 1  # the connection, not a request, is what it now holds
+        message.cold = message.cold or cold
+        self._next_conn += 1
+        if worker.adopt(client, self._next_conn, message):
+            self.watch()
+            self._arm_idle(worker)
+            return True
+        self.released(worker, count=False)
+        return False
+
+    def released_conn(self, worker: WorkerConn) -> None:
+        """A connection left ``worker``: like a finished request."""
+        self.released(worker, count=False)
+
+    async def flush(self, timeout_s: float = 1.0) -> None:
+        """Collect the usage of every worker that serves connections (bounded wait)."""
+        self._flush_seq += 1
+        seq = self._flush_seq
+        workers = [w for w in self.workers if w.conns is not None and not w.closed]
+        if workers:
+            await asyncio.gather(*(w.flush(seq, timeout_s) for w in workers))
+
+    def give_all(self) -> None:
+        """Ask every worker for its connections back (the routes changed)."""
+        for worker in self.workers:
+            if worker.direct:
+                worker.give()
+
     def _grow(self) -> None:
         self.forking += 1
         task = asyncio.get_running_loop().create_task(self._fork())
@@ -416,10 +652,18 @@ class Pool:
     async def _fork(self) -> None:
         try:
             zygote = await self._ensure_zygote()
-            pid, sock = await zygote.fork()
-            worker = WorkerConn(self, pid)
-            sock.setblocking(False)
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: worker, sock=sock)
+            forked: ForkedWorker = await zygote.fork()
+            pid = forked.pid
+            try:
+                slots = Slots(forked.slots_fd)
+            finally:
+                os.close(forked.slots_fd)
+            worker = WorkerConn(self, pid, forked.conns, slots)
+            forked.data.setblocking(False)
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: worker, sock=forked.data
+            )
+            worker.open_channel()
         except Exception as exc:
             self.forking -= 1
             _log.error("could not start a worker for %s: %s", self.name, exc)
@@ -444,11 +688,13 @@ class Pool:
                 break
             self._wake()
 
-    def released(self, worker: WorkerConn) -> None:
-        """A call on ``worker`` ended: free its slot, wake a waiter, maybe retire it."""
-        worker.inflight -= 1
+    def released(self, worker: WorkerConn, *, count: bool = True) -> None:
+        """A call (``count``) or a connection on ``worker`` ended: free its place, wake
+        a waiter, maybe close a retiring worker."""
+        if count:
+            worker.inflight -= 1
         if worker.retiring:
-            if worker.inflight == 0:
+            if worker.load == 0:
                 worker.close()
         elif worker.inflight == 0:
             self._arm_idle(worker)
@@ -465,10 +711,21 @@ class Pool:
         worker.idle_handle = None
         if worker.inflight or worker.retiring or worker.closed:
             return
+        slots = worker.slots
+        if worker.direct and slots is not None:
+            # Connections held: idle only if none served a request for idle_s.
+            progress = slots.progress
+            if slots.busy or progress != worker.idle_progress:
+                worker.idle_progress = progress
+                self._arm_idle(worker)
+                return
         if len(self._live()) <= self.settings.min_workers:
             return
         worker.retiring = True
-        worker.close()
+        if worker.direct:
+            worker.give()  # closed once they are all back (released_conn)
+        else:
+            worker.close()
         _log.info(
             "worker %d of %s reaped after %gs idle", worker.pid, self.name, self.settings.idle_s
         )
@@ -489,7 +746,9 @@ class Pool:
             worker.idle_handle.cancel()
             worker.idle_handle = None
         _log.warning("worker %d of %s retired: %s", worker.pid, self.name, why)
-        if worker.inflight == 0:
+        if worker.direct:
+            worker.give()
+        if worker.load == 0:
             worker.close()
         if self.waiters and not self._live() and self.forking == 0:
             self._grow()
@@ -518,7 +777,9 @@ class Pool:
         busy = False
         limit_s = self.spec.cpu_ms / 1000
         for worker in list(self.workers):
-            if not worker.calls or worker.closed:
+            slots = worker.slots
+            direct_busy = bool(worker.direct) and slots is not None and slots.busy > 0
+            if (not worker.calls and not direct_busy) or worker.closed:
                 worker.watch_cpu = None
                 worker.stuck_cpu = 0.0
                 continue
@@ -526,7 +787,9 @@ class Pool:
             now = worker.cpu_seconds()
             if now is None:
                 continue
-            if worker.watch_cpu is not None and worker.frames == worker.watch_frames:
+            # Progress: frames from the proxied requests, finished direct requests.
+            frames = worker.frames + (slots.progress if slots is not None else 0)
+            if worker.watch_cpu is not None and frames == worker.watch_frames:
                 # No frame since the last look, yet CPU was burnt: one step is running
                 # without yielding. The worker's own timer should have stopped it
                 # within cpu_ms; if it has not by twice that, it never will.
@@ -534,20 +797,24 @@ class Pool:
             else:
                 worker.stuck_cpu = 0.0
             worker.watch_cpu = now
-            worker.watch_frames = worker.frames
-            if worker.stuck_cpu > 2 * limit_s and worker.killed_for_cpu is None:
-                culprit = min(worker.calls.values(), key=lambda c: c.started)
+            worker.watch_frames = frames
+            if worker.stuck_cpu > 2 * limit_s and not worker.watchdog_killed:
+                worker.watchdog_killed = True
+                culprit = (
+                    min(worker.calls.values(), key=lambda c: c.started) if worker.calls else None
+                )
                 worker.killed_for_cpu = culprit
                 worker.retiring = True
                 _log.warning(
                     "request %s: worker %d of %s burnt %.0f ms of CPU without yielding; killing it",
-                    culprit.request_id,
+                    culprit.request_id if culprit is not None else "(on a connection)",
                     worker.pid,
                     self.name,
                     worker.stuck_cpu * 1000,
                 )
                 worker.kill()
-        if busy:
+        if busy or any(w.direct for w in self.workers):
+            # A held connection may start a request at any time: keep looking.
             self.watch()
 
     # -- life cycle -----------------------------------------------------------------------
@@ -558,7 +825,12 @@ class Pool:
         return {
             "zygote": zygote.pid if zygote is not None and zygote.alive else None,
             "workers": [
-                {"pid": w.pid, "inflight": w.inflight, "retiring": w.retiring}
+                {
+                    "pid": w.pid,
+                    "inflight": w.inflight + (w.slots.busy if w.slots is not None else 0),
+                    "connections": len(w.direct),
+                    "retiring": w.retiring,
+                }
                 for w in self.workers
                 if not w.closed
             ],
@@ -577,6 +849,14 @@ class Pool:
             worker.retiring = True
             if worker.idle_handle is not None:
                 worker.idle_handle.cancel()
+            if worker.direct:
+                worker.give()
+        # Connections go back to the node as their requests finish (bounded).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while any(w.direct and not w.closed for w in self.workers):
+                    await asyncio.sleep(0.01)
+        for worker in list(self.workers):
             worker.close()
         zygote = self.zygote
         if zygote is not None and zygote.pid is not None:

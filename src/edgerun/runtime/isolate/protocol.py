@@ -16,6 +16,12 @@ Two channels, both Unix sockets:
   descriptor is attached to exactly one message): ``Spec`` (node -> zygote, first),
   ``Ready``/``Failed`` (zygote's answer), ``Fork`` -> ``Forked`` (with the worker's
   socket as ``SCM_RIGHTS``), ``Exited`` (a worker's wait status), ``Stop``.
+* **worker connections** (``SOCK_SEQPACKET``, one per worker): client connections
+  handed to the worker to serve HTTP itself (``runtime.isolate.handoff``).
+  ``Adopt`` (node -> worker, the client socket attached) gives one, ``Give``
+  asks for some back; ``Returned``/``Closed`` (worker -> node) end the worker's hold
+  on one; ``Flush`` -> ``Report`` moves the worker's usage totals to the node, and
+  ``Retiring`` says the worker hit a limit and should get no more connections.
 
 ``FrameReader`` splits a byte stream into messages; ``encode_frame`` /
 ``encode_frames`` build them with one reused encoder (no per-call allocation beyond
@@ -31,25 +37,35 @@ import msgspec
 __all__ = [
     "MAX_CONTROL_PACKET",
     "MAX_FRAME",
+    "Adopt",
     "BindingSpec",
     "Body",
     "Cancel",
     "Chunk",
+    "Closed",
+    "ConnMessage",
     "ControlMessage",
     "DataMessage",
     "Done",
     "Exited",
     "Failed",
+    "Flush",
     "Fork",
     "Forked",
     "FrameError",
     "FrameReader",
+    "Give",
     "Head",
     "Ready",
+    "Report",
+    "Retiring",
+    "Returned",
     "Spec",
     "Start",
     "Stop",
+    "decode_conn",
     "decode_control",
+    "encode_conn",
     "encode_control",
     "encode_frame",
     "encode_frames",
@@ -292,4 +308,92 @@ def decode_control(data: bytes) -> ControlMessage:
         message: ControlMessage = _control_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise FrameError(f"undecodable control message: {exc}") from None
+    return message
+
+
+# -- worker connection channel ------------------------------------------------------------
+
+
+class Adopt(msgspec.Struct, tag="adopt", array_like=True):
+    """Serve client connection ``conn`` (its socket is attached). ``data`` holds the
+    bytes the node already read (the start of the next request); ``slot`` is the
+    connection's slot in the worker's shared state; ``ip``/``geo`` are the client's
+    (fixed for the connection: the peer is not a trusted proxy); ``routes`` lists every
+    route pattern on the node with whether it is this deployment's; ``headers`` are
+    added to every response (``x-edgerun-version``); ``cold`` marks the first request
+    as a cold start; ``http`` are the node's ``HttpLimits`` values in field order and
+    ``access_log`` whether to log each request."""
+
+    conn: int
+    slot: int
+    data: bytes
+    ip: str | None
+    geo: list[Any] | None
+    routes: list[tuple[str, bool]]
+    headers: list[tuple[str, str]]
+    cold: bool
+    http: list[int | float]
+    access_log: bool
+
+
+class Give(msgspec.Struct, tag="give", array_like=True):
+    """Hand back connection ``conn`` (``-1``: every connection) once it is between
+    requests; ``close`` closes it instead (the node is shutting down)."""
+
+    conn: int
+    close: bool
+
+
+class Returned(msgspec.Struct, tag="returned", array_like=True):
+    """Connection ``conn`` is the node's again; ``data`` is what the worker read of it
+    but did not serve (the start of the next request)."""
+
+    conn: int
+    data: bytes
+
+
+class Closed(msgspec.Struct, tag="closed", array_like=True):
+    """The worker ended connection ``conn`` (the client left, or it was closed)."""
+
+    conn: int
+
+
+class Flush(msgspec.Struct, tag="flush", array_like=True):
+    """Send the usage counted since the last ``Report`` (answered with ``Report(seq)``)."""
+
+    seq: int
+
+
+class Report(msgspec.Struct, tag="report", array_like=True):
+    """Usage of directly served requests since the last report: a list of
+    ``[outcome, count, cpu_ms, wall_ms, bytes_in, bytes_out, cold_starts, error_code]``
+    rows (``seq`` answers a ``Flush``; 0 when sent unasked)."""
+
+    seq: int
+    rows: list[tuple[str, int, float, float, int, int, int, str]]
+
+
+class Retiring(msgspec.Struct, tag="retiring", array_like=True):
+    """The worker hit a limit that leaves it unfit to serve: ``why``."""
+
+    why: str
+
+
+ConnMessage: TypeAlias = Adopt | Give | Returned | Closed | Flush | Report | Retiring
+
+_conn_encoder = msgspec.msgpack.Encoder()
+_conn_decoder = msgspec.msgpack.Decoder(ConnMessage)
+
+
+def encode_conn(message: ConnMessage) -> bytes:
+    """One connection-channel message as a packet payload."""
+    return _conn_encoder.encode(message)
+
+
+def decode_conn(data: bytes) -> ConnMessage:
+    """Decode one connection-channel packet; raises ``FrameError`` when invalid."""
+    try:
+        message: ConnMessage = _conn_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise FrameError(f"undecodable connection message: {exc}") from None
     return message

@@ -16,6 +16,7 @@ are served.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
@@ -30,6 +31,7 @@ from edgerun.runtime.asgi import AsgiHandler, AsgiLifespan
 from edgerun.runtime.env import Env
 from edgerun.runtime.invoke import REQUEST_ID_HEADER, Context
 from edgerun.runtime.isolate import cpu, harden
+from edgerun.runtime.isolate.handoff import After, ServeConnections, Slots
 from edgerun.runtime.isolate.protocol import (
     BindingSpec,
     Body,
@@ -54,22 +56,42 @@ OpenBindings = Callable[[list[BindingSpec]], Awaitable[Mapping[str, Binding]]]
 """The injected binding factory: binding specs -> opened bindings, by env name."""
 
 _log = logging.getLogger("edgerun.isolate")
+_access = logging.getLogger("edgerun.access")
 _monotonic = time.monotonic
 # A worker whose address space is above this share of its limit after a request is
 # retired: the next allocation is likely to fail inside some other request.
 _MEMORY_HIGH_WATER = 0.9
+_MEMORY_CHECK_S = 0.05
 _BODY_END = object()
 
 
-def run_worker(sock: Any, entry: Entry, spec: Spec, open_bindings: OpenBindings) -> NoReturn:
-    """Serve on ``sock`` (the worker's end of its socketpair) until the node closes it."""
+def run_worker(
+    sock: Any,
+    entry: Entry,
+    spec: Spec,
+    open_bindings: OpenBindings,
+    conns: Any = None,
+    slots_fd: int | None = None,
+    serve_connections: ServeConnections | None = None,
+) -> NoReturn:
+    """Serve on ``sock`` (the worker's end of its socketpair) until the node closes it.
+
+    With ``conns`` (the worker's end of its connection channel), ``slots_fd`` (its
+    slot table) and ``serve_connections`` (the injected HTTP server), the worker also
+    serves client connections the node hands over (``handoff``).
+    """
     code = 0
     try:
-        harden.close_inherited_fds({sock.fileno()})
+        keep = {sock.fileno()}
+        if conns is not None and slots_fd is not None:
+            keep |= {conns.fileno(), slots_fd}
+        harden.close_inherited_fds(keep)
         limit = harden.apply_worker_rlimits(spec.memory_mb, spec.nofile)
         loop = _new_loop()
         asyncio.set_event_loop(loop)
         server = _Server(entry, spec, open_bindings, limit)
+        if conns is not None and slots_fd is not None and serve_connections is not None:
+            server.direct = (conns, Slots(slots_fd), serve_connections)
         loop.run_until_complete(server.run(sock))
     except BaseException:
         _log.exception("worker %d of %s failed", os.getpid(), spec.name)
@@ -120,10 +142,20 @@ class _Server(asyncio.Protocol):
         self.drained: asyncio.Future[None] | None = None
         self.page = os.sysconf("SC_PAGE_SIZE")
         self.statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        self.memory_checked = -_MEMORY_CHECK_S
+        self.loop: asyncio.AbstractEventLoop = cast(asyncio.AbstractEventLoop, None)
+        self.name = spec.name
+        # Connection handoff: (channel, slot table, HTTP server), and the usage of
+        # directly served requests not yet reported, by (outcome, error code).
+        self.direct: tuple[Any, Slots, ServeConnections] | None = None
+        self.usage: dict[tuple[str, str], list[Any]] = {}
+        self.usage_meters: list[tuple[list[Any], cpu.Meter]] = []
+        self.retired: str | None = None
+        self.on_retire: Callable[[str], None] | None = None
 
     async def run(self, sock: Any) -> None:
-        loop = asyncio.get_running_loop()
-        cpu.install(loop)
+        loop = self.loop = asyncio.get_running_loop()
+        cpu.install(loop, self.budget_s)
         self.closed = loop.create_future()
         bindings = await self.open_bindings(self.spec.bindings)
         lifespan: AsgiLifespan | None = None
@@ -133,7 +165,16 @@ class _Server(asyncio.Protocol):
                 lifespan = self.handler.lifespan()
                 await lifespan.startup()
             await loop.connect_accepted_socket(lambda: self, sock=sock)
+            direct: asyncio.Task[None] | None = None
+            if self.direct is not None:
+                conns, slots, serve = self.direct
+                direct = loop.create_task(serve(self, conns, slots))
             await self.closed
+            if direct is not None:
+                # The node closed the data socket: it closes the connection channel too
+                # (after taking its connections back); wait for the server to finish.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(direct, self.wall_s)
             for call in list(self.calls.values()):
                 if call.task is not None:
                     call.task.cancel()
@@ -220,54 +261,80 @@ class _Server(asyncio.Protocol):
         rid = start.request_id
         ctx = Context(rid)
         ctx._registry = self.pending
-        meter = call.meter
-        assert self.env is not None
-        error: BaseException | None = None
         try:
-            response = await self.handler(self._request(call, start), self.env, ctx)
+            response, error = await self._run(self._request(call, start), ctx, call.meter, rid)
+            try:
+                head = await self._respond(call, response)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                # A streamed body failed part-way. The error response's head, sent
+                # after the first one, makes the node abort the client's response.
+                response, error = self._failure(exc, call.meter, rid)
+                head = Head(
+                    call.id,
+                    response.status,
+                    response.headers._items,
+                    response.content or b"",
+                    False,
+                )
+        except asyncio.CancelledError:
+            # The node gave up on this request (wall limit, client gone) and answered
+            # the client itself; nothing more is sent for it.
+            self.calls.pop(call.id, None)
+            self._after(ctx, call.started)
+            return
+        self._done(call, error, head)
+        self._after(ctx, call.started)
+
+    async def _run(
+        self, request: Request, ctx: Context, meter: cpu.Meter, rid: str
+    ) -> tuple[Response, BaseException | None]:
+        """Call the handler; return its response (or the error response) and its error.
+
+        ``CancelledError`` propagates; any other failure, limits included, becomes a
+        JSON error response here.
+        """
+        assert self.env is not None
+        try:
+            response = await self.handler(request, self.env, ctx)
             if not isinstance(response, Response):
                 got = "None" if response is None else type(response).__name__
                 raise HandlerError(f"fetch returned {got}; return an edgerun.Response")
             if meter.exceeded:
                 raise cpu.CpuExceeded()
-            head = await self._respond(call, response)
-            error = ctx._error
         except asyncio.CancelledError:
-            # The node gave up on this request (wall limit, client gone) and answered
-            # the client itself; nothing more is sent for it.
-            self.calls.pop(call.id, None)
-            self._after(ctx, call)
-            return
+            raise
         except BaseException as exc:
-            error = exc
-            if isinstance(exc, cpu.CpuExceeded) or meter.exceeded:
-                cpu.disarm()
-                meter.exceeded = True  # the step has not returned yet to record it
-                error = LimitExceeded(
-                    "cpu",
-                    f"the request used more than its CPU time limit (cpu_ms = "
-                    f"{self.spec.cpu_ms}); make it faster or raise [limits] cpu_ms in "
-                    "edgerun.toml",
-                )
-            elif isinstance(exc, MemoryError) or meter.memory:
-                meter.memory = True
-                error = LimitExceeded(
-                    "memory",
-                    f"the worker ran out of memory (memory_mb = {self.spec.memory_mb}); "
-                    "use less or raise [limits] memory_mb in edgerun.toml",
-                )
-            elif not isinstance(exc, Exception | SystemExit):
-                raise
-            self._log_failure(rid, error)
-            status, body = to_http(error, request_id=rid, debug=self.spec.debug)
-            failed = Response.json(body, status=status, headers={REQUEST_ID_HEADER: rid})
-            try:
-                head = await self._respond(call, failed)
-            except asyncio.CancelledError:
-                self.calls.pop(call.id, None)
-                return
-        self._done(call, error, head)
-        self._after(ctx, call)
+            return self._failure(exc, meter, rid)
+        return response, ctx._error
+
+    def _failure(
+        self, exc: BaseException, meter: cpu.Meter, rid: str
+    ) -> tuple[Response, BaseException]:
+        """The error response and error for ``exc``, raised by a request's code."""
+        error: BaseException = exc
+        if isinstance(exc, cpu.CpuExceeded) or meter.exceeded:
+            cpu.disarm()
+            meter.exceeded = True  # the step has not returned yet to record it
+            error = LimitExceeded(
+                "cpu",
+                f"the request used more than its CPU time limit (cpu_ms = "
+                f"{self.spec.cpu_ms}); make it faster or raise [limits] cpu_ms in "
+                "edgerun.toml",
+            )
+        elif isinstance(exc, MemoryError) or meter.memory:
+            meter.memory = True
+            error = LimitExceeded(
+                "memory",
+                f"the worker ran out of memory (memory_mb = {self.spec.memory_mb}); "
+                "use less or raise [limits] memory_mb in edgerun.toml",
+            )
+        elif not isinstance(exc, Exception | SystemExit | LimitExceeded):
+            raise exc
+        self._log_failure(rid, error)
+        status, body = to_http(error, request_id=rid, debug=self.spec.debug)
+        return Response.json(body, status=status, headers={REQUEST_ID_HEADER: rid}), error
 
     async def _respond(self, call: _Call, response: Response) -> Head | None:
         """Send a streamed response now; return a fixed one's ``Head`` to send with Done."""
@@ -311,11 +378,127 @@ class _Server(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(encode_frames(frames))
 
-    def _after(self, ctx: Context, call: _Call) -> None:
+    # -- directly served requests (handoff.DirectHost) ---------------------------------
+
+    def metered(self) -> cpu.Meter:
+        """A fresh CPU meter for one directly served request."""
+        return cpu.Meter(self.budget_s)
+
+    async def handle(
+        self, request: Request, request_id: str, cold: bool = False, log: bool = False
+    ) -> tuple[Response, After | None, str]:
+        """Run one request the worker's HTTP server parsed; see ``DirectHost``.
+
+        The wall limit is the worker's to enforce here (the node is not in the path).
+        """
+        meter = cpu.current_meter.get() or self.metered()
+        started = _monotonic()
+        ctx = Context(request_id)
+        ctx._registry = self.pending
+        # The wall limit: a timer that cancels this task (asyncio.timeout would do the
+        # same with two extra system calls per request, to find the loop and the task).
+        loop = self.loop
+        task = asyncio.current_task(loop)
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            if task is not None:
+                task.cancel()
+
+        timer = loop.call_later(self.wall_s, expire)
+        try:
+            response, error = await self._run(request, ctx, meter, request_id)
+        except asyncio.CancelledError:
+            if not expired or task is None:
+                raise
+            task.uncancel()
+            error = LimitExceeded(
+                "wall",
+                "the request ran longer than its wall time limit (wall_ms = "
+                f"{self.spec.wall_ms}); make it faster or raise [limits] wall_ms in edgerun.toml",
+            )
+            self._log_failure(request_id, error)
+            status, body = to_http(error, request_id=request_id, debug=self.spec.debug)
+            response = Response.json(body, status=status, headers={REQUEST_ID_HEADER: request_id})
+        finally:
+            timer.cancel()
+        if meter.exceeded or meter.memory or self._memory_high():
+            self.retire(f"its request {request_id} hit a limit")
+        outcome = Outcome.OK if error is None else Outcome.of(error)
+
+        async def after() -> None:
+            self._count(request, request_id, response, outcome, error, meter, started, cold, log)
+            self._after(ctx, started)
+
+        return response, after, outcome.value
+
+    def _count(
+        self,
+        request: Request,
+        request_id: str,
+        response: Response,
+        outcome: Outcome,
+        error: BaseException | None,
+        meter: cpu.Meter,
+        started: float,
+        cold: bool,
+        log: bool,
+    ) -> None:
+        code = "" if error is None else str(getattr(error, "code", "internal"))
+        key = (outcome.value, code)
+        row = self.usage.get(key)
+        if row is None:
+            row = self.usage[key] = [0, 0.0, 0.0, 0, 0, 0]
+        bytes_in = request._body.size
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit():
+            bytes_in = max(bytes_in, int(declared))
+        wall_ms = (_monotonic() - started) * 1000
+        row[0] += 1
+        # CPU is added at report time: the step running now is not yet on the meter,
+        # and reading the thread's CPU clock now would cost a system call.
+        self.usage_meters.append((row, meter))
+        row[2] += wall_ms
+        row[3] += bytes_in
+        row[4] += response._body.size
+        row[5] += cold
+        if log:
+            _access.info(
+                "%s %s %s %s%s %d %s wall=%.1fms cpu=%.1fms%s",
+                request_id,
+                self.name,
+                request.method,
+                request.host,
+                request.path,
+                response.status,
+                outcome,
+                wall_ms,
+                meter.used_s() * 1000,  # so far: the response is still being written
+                " cold_start" if cold else "",
+            )
+
+    def usage_rows(self) -> list[tuple[str, int, float, float, int, int, int, str]]:
+        """The usage counted since the last call, as ``Report`` rows (then reset)."""
+        for row, meter in self.usage_meters:
+            row[1] += meter.cpu_s * 1000
+        self.usage_meters = []
+        rows = [(outcome, *row, code) for (outcome, code), row in self.usage.items()]
+        self.usage = {}
+        return rows  # type: ignore[return-value]
+
+    def retire(self, why: str) -> None:
+        """Ask for no more work (a limit left this worker unfit); see ``DirectHost``."""
+        if self.retired is None:
+            self.retired = why
+            if self.on_retire is not None:
+                self.on_retire(why)
+
+    def _after(self, ctx: Context, started: float) -> None:
         if ctx._tasks is None and ctx._sent_callbacks is None:
             ctx._finished = True
             return
-        deadline = call.started + self.wall_s
+        deadline = started + self.wall_s
 
         def remaining() -> float:
             return max(0.0, deadline - _monotonic())
@@ -325,6 +508,12 @@ class _Server(asyncio.Protocol):
         task.add_done_callback(self.pending.discard)
 
     def _memory_high(self) -> bool:
+        # At most every _MEMORY_CHECK_S: reading /proc is a system call, and a request
+        # that really runs out of memory fails with MemoryError anyway.
+        now = _monotonic()
+        if now < self.memory_checked + _MEMORY_CHECK_S:
+            return False
+        self.memory_checked = now
         used = int(os.pread(self.statm, 64, 0).split()[0]) * self.page
         return used > self.as_limit * _MEMORY_HIGH_WATER
 

@@ -9,7 +9,8 @@ the heap (``gc.freeze``: objects created so far are never scanned or written by 
 collector, so forked workers keep sharing their pages). It opens no bindings,
 threads or connections: everything it holds is inherited by every worker.
 
-Then it answers ``Fork`` with ``Forked`` (the worker's socket attached), reports
+Then it answers ``Fork`` with ``Forked`` (the worker's data socket, its connection
+socket and its slot table attached), reports
 each worker's exit status with ``Exited`` and stops on ``Stop`` or when the node
 closes the control socket (remaining workers are killed).
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from edgerun.errors import EntrypointError
 from edgerun.runtime.isolate import harden
+from edgerun.runtime.isolate.handoff import SLOTS_BYTES, ServeConnections
 from edgerun.runtime.isolate.protocol import (
     MAX_CONTROL_PACKET,
     ControlMessage,
@@ -65,8 +67,16 @@ def _prepare(spec: Spec) -> Entry:
     return load_entry(Path(spec.code_root), spec.main)
 
 
-def serve_zygote(control: socket.socket, open_bindings: OpenBindings) -> int:
-    """Run the zygote on ``control`` (a ``SOCK_SEQPACKET`` socket); return an exit code."""
+def serve_zygote(
+    control: socket.socket,
+    open_bindings: OpenBindings,
+    serve_connections: ServeConnections | None = None,
+) -> int:
+    """Run the zygote on ``control`` (a ``SOCK_SEQPACKET`` socket); return an exit code.
+
+    ``serve_connections`` is the HTTP server workers run for handed-off connections
+    (none: workers only serve proxied requests).
+    """
     try:
         first = decode_control(control.recv(MAX_CONTROL_PACKET))
     except (OSError, FrameError) as exc:
@@ -87,15 +97,21 @@ def serve_zygote(control: socket.socket, open_bindings: OpenBindings) -> int:
     gc.collect()
     gc.freeze()
     _send(control, Ready(os.getpid()))
-    return _Loop(control, entry, spec, open_bindings).run()
+    return _Loop(control, entry, spec, open_bindings, serve_connections).run()
 
 
 class _Loop:
     """The zygote's fork/reap loop (blocking, single-threaded)."""
 
     def __init__(
-        self, control: socket.socket, entry: Entry, spec: Spec, open_bindings: OpenBindings
+        self,
+        control: socket.socket,
+        entry: Entry,
+        spec: Spec,
+        open_bindings: OpenBindings,
+        serve_connections: ServeConnections | None,
     ) -> None:
+        self.serve_connections = serve_connections
         self.control = control
         self.entry = entry
         self.spec = spec
@@ -150,18 +166,38 @@ class _Loop:
 
     def _fork(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours_conns, theirs_conns = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # The worker's shared slot table (handoff.Slots), mapped by both sides.
+        slots = os.memfd_create("edgerun-slots", os.MFD_CLOEXEC)
+        os.ftruncate(slots, SLOTS_BYTES)
         pid = os.fork()
         if pid == 0:  # the worker
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             ours.close()
-            run_worker(theirs, self.entry, self.spec, self.open_bindings)
+            ours_conns.close()
+            run_worker(
+                theirs,
+                self.entry,
+                self.spec,
+                self.open_bindings,
+                theirs_conns,
+                slots,
+                self.serve_connections,
+            )
         theirs.close()
+        theirs_conns.close()
         self.children.add(pid)
         try:
-            socket.send_fds(self.control, [encode_control(Forked(pid))], [ours.fileno()])
+            socket.send_fds(
+                self.control,
+                [encode_control(Forked(pid))],
+                [ours.fileno(), ours_conns.fileno(), slots],
+            )
         finally:
             ours.close()
+            ours_conns.close()
+            os.close(slots)
 
 
 def main_exit(code: int) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import subprocess
 from collections import deque
@@ -33,9 +34,29 @@ from edgerun.runtime.isolate.protocol import (
     encode_control,
 )
 
-__all__ = ["ZygoteClient"]
+__all__ = ["ForkedWorker", "ZygoteClient"]
 
 _log = logging.getLogger("edgerun.isolate")
+
+
+class ForkedWorker:
+    """A new worker as the node receives it: pid, data socket, connection socket and
+    the file descriptor of its shared slot table (``handoff.Slots``)."""
+
+    __slots__ = ("conns", "data", "pid", "slots_fd")
+
+    def __init__(self, pid: int, data: socket.socket, conns: socket.socket, slots_fd: int) -> None:
+        self.pid = pid
+        self.data = data
+        self.conns = conns
+        self.slots_fd = slots_fd
+
+    def close(self) -> None:
+        """Close all three (the worker then exits)."""
+        self.data.close()
+        self.conns.close()
+        with contextlib.suppress(OSError):
+            os.close(self.slots_fd)
 
 
 class ZygoteClient:
@@ -58,7 +79,7 @@ class ZygoteClient:
         self.sock: socket.socket | None = None
         self.alive = False
         self._ready: asyncio.Future[None] | None = None
-        self._forks: deque[asyncio.Future[tuple[int, socket.socket]]] = deque()
+        self._forks: deque[asyncio.Future[ForkedWorker]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self, timeout_s: float) -> None:
@@ -92,11 +113,11 @@ class ZygoteClient:
             await self.stop()
             raise
 
-    async def fork(self) -> tuple[int, socket.socket]:
-        """Fork a worker; return its pid and the node's end of its data socket."""
+    async def fork(self) -> ForkedWorker:
+        """Fork a worker; return its pid and the node's ends of its channels."""
         if not self.alive or self.sock is None or self._loop is None:
             raise WorkerCrashed("the deployment's zygote is not running")
-        future: asyncio.Future[tuple[int, socket.socket]] = self._loop.create_future()
+        future: asyncio.Future[ForkedWorker] = self._loop.create_future()
         self._forks.append(future)
         self.sock.send(encode_control(Fork()))
         return await future
@@ -106,7 +127,7 @@ class ZygoteClient:
         assert sock is not None
         while True:
             try:
-                data, fds, _flags, _addr = socket.recv_fds(sock, MAX_CONTROL_PACKET, 1)
+                data, fds, _flags, _addr = socket.recv_fds(sock, MAX_CONTROL_PACKET, 3)
             except BlockingIOError:
                 return
             except OSError:
@@ -119,14 +140,19 @@ class ZygoteClient:
             except FrameError as exc:
                 _log.error("zygote %s of %s: %s", self.pid, self.spec.name, exc)
                 for fd in fds:
-                    socket.socket(fileno=fd).close()
+                    os.close(fd)
                 continue
-            if isinstance(message, Forked) and fds:
-                worker_sock = socket.socket(fileno=fds[0])
+            if isinstance(message, Forked) and len(fds) == 3:
+                forked = ForkedWorker(
+                    message.pid, socket.socket(fileno=fds[0]), socket.socket(fileno=fds[1]), fds[2]
+                )
                 if self._forks:
-                    self._forks.popleft().set_result((message.pid, worker_sock))
+                    self._forks.popleft().set_result(forked)
                 else:
-                    worker_sock.close()
+                    forked.close()
+            elif fds:
+                for fd in fds:
+                    os.close(fd)
             elif isinstance(message, Exited):
                 self.on_exit(message.pid, message.status)
             elif isinstance(message, Ready):
