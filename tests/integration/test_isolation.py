@@ -128,6 +128,50 @@ def test_memory_hog_and_its_twin(tmp_path, edgerun_node):
     assert get(big, "/hog", params={"mb": "256"}).text == str(256 * 1024 * 1024)
 
 
+TREE_HOG = """
+import subprocess
+from edgerun import Response
+
+async def fetch(request, env, ctx):
+    # The worker holds most of its budget, then starts a process that wants more: each
+    # stays under its own address-space limit, together they pass memory_mb. (tail -c
+    # keeps the last N bytes of its input in memory.)
+    block = bytearray(int(request.query["mb"]) * 1024 * 1024)
+    size = int(request.query["child_mb"]) * 1024 * 1024
+    done = subprocess.run(
+        ["/bin/sh", "-c", f"head -c {size} /dev/zero | tail -c {size} > /dev/null"]
+    )
+    return Response(f"{len(block)} {done.returncode}")
+"""
+
+
+def test_memory_cgroup_bounds_a_worker_with_the_processes_it_starts(tmp_path, edgerun_node):
+    from edgerun.runtime.isolate.memcg import MemoryCgroups
+
+    cgroups = MemoryCgroups.detect()
+    if cgroups is not None:
+        cgroups.close()
+    limits = "memory_mb = 128\ncpu_ms = 5000\n"
+    p = project(tmp_path, "tree", f"[limits]\n{limits}", app=TREE_HOG)
+    node = edgerun_node(p, command="node")
+    r = node.client.get("/", params={"mb": "110", "child_mb": "80"})
+    if cgroups is None:
+        # No memory cgroup on this host: only the per-process rlimit holds, and each
+        # process stays under it.
+        assert r.status_code == 200 and r.text == f"{110 * 1024 * 1024} 0"
+    else:
+        assert r.status_code == 503 and error_code(r) == "exceeded_memory"
+        assert "processes it started" in r.json()["error"]["message"]
+    assert node.client.get("/", params={"mb": "1", "child_mb": "1"}).status_code == 200
+    # The twin: the same work within a larger budget.
+    big = project(
+        tmp_path / "twin", "tree", "[limits]\nmemory_mb = 512\ncpu_ms = 5000\n", app=TREE_HOG
+    )
+    roomy = edgerun_node(big, command="node")
+    r = roomy.client.get("/", params={"mb": "110", "child_mb": "80"})
+    assert r.status_code == 200 and r.text == f"{110 * 1024 * 1024} 0"
+
+
 def test_os_exit_is_502_worker_crashed(tmp_path, edgerun_node):
     node = two(tmp_path, edgerun_node, "")
     r = get(node, "/exit")

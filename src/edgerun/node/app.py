@@ -55,6 +55,8 @@ class Node:
         self._routes: RouteTable[Deployment] = RouteTable([])
         self._route_pairs: list[tuple[str, Deployment]] = []
         self._route_lists: dict[str, list[tuple[str, bool]]] = {}
+        self.handoff_possible = False
+        """True while some deployment's workers take handed-off connections."""
         self._closing: set[asyncio.Task[None]] = set()
         # Set when the node follows a control plane (node.sync): which version of a
         # project serves a request, and the embedded control API, if any.
@@ -71,6 +73,11 @@ class Node:
         self._routes = RouteTable(pairs)
         self._route_pairs = pairs
         self._route_lists = {}
+        self.handoff_possible = any(
+            getattr(getattr(d.invoker, "pool", None), "settings", None) is not None
+            and d.invoker.pool.settings.handoff  # type: ignore[attr-defined]
+            for d in self._deployments.values()
+        )
         # Workers holding connections check requests against the old routes: take
         # the connections back, they are routed afresh at their next request.
         for d in self._deployments.values():

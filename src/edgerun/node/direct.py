@@ -71,7 +71,7 @@ async def serve_connections(host: DirectHost, conns: socket.socket, slots: Slots
 class _Conn:
     """What the node said about one adopted connection."""
 
-    __slots__ = ("access_log", "cold", "geo", "headers", "id", "ip", "routes", "slot")
+    __slots__ = ("access_log", "all_mine", "cold", "geo", "headers", "id", "ip", "routes", "slot")
 
     def __init__(self, message: Adopt, routes: RouteTable[bool]) -> None:
         self.id = message.conn
@@ -81,6 +81,9 @@ class _Conn:
         self.headers = message.headers
         self.cold = message.cold
         self.routes = routes
+        # Every route on the node is this deployment's (a node serving one project):
+        # no request on this connection can belong elsewhere by its route.
+        self.all_mine = all(mine for _pattern, mine in message.routes)
         self.access_log = message.access_log
 
 
@@ -281,8 +284,11 @@ class _WorkerProtocol(NodeHttpToolsProtocol):
         self.giving = server.giving
         self.closing_on_give = False
         self.busy = False
+        self.checked = False
 
     # The protocol is its own diverter: a head that is not this deployment's goes back.
+    active = True
+
     @property
     def diverter(self) -> Any:  # type: ignore[override]
         return self
@@ -312,7 +318,10 @@ class _WorkerProtocol(NodeHttpToolsProtocol):
             return "give"
         if self.transport.get_write_buffer_size():
             return None  # a response still leaving: serve (or refuse) it here
-        return None if self._belongs(self.headers) else "route"
+        if self._belongs(self.headers):
+            self.checked = True  # the dispatcher need not check again
+            return None
+        return "route"
 
     def divert(self, protocol: NodeHttpToolsProtocol, plan: object, data: bytes) -> None:
         """Give the connection and its unserved ``data`` back to the node."""
@@ -324,15 +333,16 @@ class _WorkerProtocol(NodeHttpToolsProtocol):
             path = unquote(path)
         if path.startswith(_NODE_PATHS):
             return False
-        host = self._hosts[0] if self._hosts else None
-        if not self.conn.routes.match(host, path):
-            return False
+        if not self.conn.all_mine:
+            host = self._hosts[0] if self._hosts else None
+            if not self.conn.routes.match(host, path):
+                return False
         return not any(name == _VERSION_HEADER_RAW for name, _ in headers)
 
     def _serves(self, request: Request) -> bool:
         if request.path.startswith(_NODE_PATHS) or VERSION_HEADER in request.headers:
             return False
-        return bool(self.conn.routes.match(request.host, request.path))
+        return self.conn.all_mine or bool(self.conn.routes.match(request.host, request.path))
 
     def _return(self, data: bytes) -> None:
         if self.returned:
@@ -392,9 +402,14 @@ class _WorkerProtocol(NodeHttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         # Each request's task runs under its own CPU meter (cpu's task factory wraps it).
+        meter = self.owner.host.metered()
         context = contextvars.copy_context()
-        context.run(cpu.current_meter.set, self.owner.host.metered())
-        task = self.loop.create_task(cycle.run_asgi(app), context=context)
+        context.run(cpu.current_meter.set, meter)
+        # Built here rather than through the loop's task factory (which would find the
+        # meter in the context and do the same): one call less per request.
+        task: asyncio.Task[None] = asyncio.Task(
+            cpu.Metered(cycle.run_asgi(app), meter), loop=self.loop, context=context
+        )
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
@@ -402,7 +417,8 @@ class _WorkerProtocol(NodeHttpToolsProtocol):
         conn = self.conn
         request.ip = conn.ip
         request.geo = conn.geo
-        if not self._serves(request):
+        checked, self.checked = self.checked, False
+        if not checked and not self._serves(request):
             # Pipelined behind a response still being written, so it could not go back:
             # RFC 9110 §15.5.20 lets the client retry it on a new connection.
             body = error_body(

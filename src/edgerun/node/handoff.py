@@ -54,6 +54,11 @@ class NodeHandoff:
         self._http: list[int | float] = list(dataclasses.astuple(limits))
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def active(self) -> bool:
+        """Whether some deployment takes handed-off connections (see ``Diverter``)."""
+        return self.node.handoff_possible
+
     def plan(self, protocol: NodeHttpToolsProtocol) -> _Plan | None:
         """See ``Diverter.plan``."""
         node = self.node

@@ -83,6 +83,11 @@ _ASGI_VERSION = {"version": "3.0", "spec_version": "2.3"}
 class Diverter(Protocol):
     """Decides, per request head, whether a connection is served somewhere else."""
 
+    @property
+    def active(self) -> bool:
+        """False while no connection can be diverted (then no bytes are kept for it)."""
+        ...
+
     def plan(self, protocol: NodeHttpToolsProtocol) -> object | None:
         """Look at the checked head (``protocol.url``, ``.headers``, ``.client``...);
         return a plan to divert the connection, or None to serve it here."""
@@ -272,7 +277,8 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head:
             self._head_bytes += len(data)
         self._idle_deadline = None
-        if self.diverter is not None:
+        diverter = self.diverter
+        if diverter is not None and diverter.active:
             if self._at_boundary():
                 self._raw = bytearray(data)
             elif self._raw is not None:

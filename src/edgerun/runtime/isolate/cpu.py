@@ -142,7 +142,8 @@ class Metered(Coroutine[Any, Any, T]):
         return self
 
     def __next__(self) -> Any:
-        return self.send(None)
+        # What the event loop's task calls for each step (one frame less than send).
+        return self._step(self._coro.send, None)
 
     @property
     def cr_frame(self) -> Any:

@@ -148,6 +148,9 @@ class IsolatedInvoker:
         else:
 
             async def after() -> None:
+                # A body never read (the client left first) must not hold back the
+                # worker's other responses (see WorkerConn.unqueue).
+                worker.unqueue(call, call.queued)
                 await asyncio.wait([call.finished], timeout=self._wall_s)
                 self._settle(invocation, call)
 

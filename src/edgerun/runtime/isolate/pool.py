@@ -21,6 +21,7 @@ worker dies, the node answers for its connections from the shared slot table.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
@@ -33,6 +34,7 @@ from typing import Any, cast
 
 from edgerun.errors import LimitExceeded, Overloaded, WorkerCrashed
 from edgerun.runtime.isolate.handoff import MAX_CONNS, Client, Slots, send_packet
+from edgerun.runtime.isolate.memcg import MemoryCgroups, WorkerCgroup
 from edgerun.runtime.isolate.protocol import (
     MAX_CONTROL_PACKET,
     Adopt,
@@ -64,6 +66,34 @@ UsageSink = Callable[[list[tuple[str, int, float, float, int, int, int, str]]], 
 _log = logging.getLogger("edgerun.isolate")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _END = object()
+# Backpressure on streamed response bodies: the node stops reading a worker's socket
+# while more than _HIGH_WATER bytes of its chunks wait for slow clients, and reads
+# again below _LOW_WATER (the worker's writes then block its handlers in between).
+_HIGH_WATER = 1024 * 1024
+_LOW_WATER = 256 * 1024
+
+
+_cgroups: MemoryCgroups | None = None
+_cgroups_detected = False
+
+
+def memory_cgroups() -> MemoryCgroups | None:
+    """This node's memory cgroup manager, if the host offers one (detected once)."""
+    global _cgroups, _cgroups_detected
+    if not _cgroups_detected:
+        _cgroups_detected = True
+        _cgroups = MemoryCgroups.detect()
+        if _cgroups is not None:
+            atexit.register(_cgroups.close)
+            _log.info("memory cgroups (v%d) guard each worker", _cgroups.version)
+    return _cgroups
+
+
+def cgroup_limit_bytes(memory_mb: int) -> int:
+    """A worker's memory cgroup limit: ``memory_mb`` plus room for the pages it copies
+    from the zygote. It bounds the worker with everything it starts (the address-space
+    rlimit bounds each process on its own)."""
+    return (memory_mb + max(32, memory_mb // 4)) * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +123,7 @@ class Call:
         "finished",
         "head",
         "id",
+        "queued",
         "request_id",
         "started",
         "streaming",
@@ -112,6 +143,7 @@ class Call:
         self.chunks: asyncio.Queue[Any] | None = None
         self.streaming = False
         self.timer: asyncio.TimerHandle | None = None
+        self.queued = 0  # bytes of chunks received and not yet taken by the client
 
     def fail(self, exc: BaseException) -> None:
         """End the call with ``exc`` (limit, crash), wherever it is."""
@@ -139,8 +171,10 @@ class Call:
                 if isinstance(item, BaseException):
                     complete = True
                     raise item
+                self.worker.unqueue(self, len(item))
                 yield item
         finally:
+            self.worker.unqueue(self, self.queued)
             if not complete and not self.finished.done():
                 # The client went away mid-stream: stop the handler in the worker.
                 self.worker.cancel(self)
@@ -164,6 +198,9 @@ class WorkerConn(asyncio.Protocol):
         self.next_slot = 0
         self.flushes: dict[int, asyncio.Future[None]] = {}
         self.idle_progress = -1
+        self.queued = 0  # streamed body bytes waiting for clients (backpressure)
+        self.reading_paused = False
+        self.cgroup: WorkerCgroup | None = None
         self.calls: dict[int, Call] = {}
         self.inflight = 0
         self.retiring = False
@@ -253,6 +290,7 @@ class WorkerConn(asyncio.Protocol):
                 if call.chunks is not None:
                     if message.data:
                         call.chunks.put_nowait(message.data)
+                        self._queue(call, len(message.data))
                     if not message.more:
                         call.chunks.put_nowait(_END)
             elif isinstance(message, Done):
@@ -268,8 +306,12 @@ class WorkerConn(asyncio.Protocol):
         self._answer_for_direct()
         self.pool.lost(self)
         culprit = self.killed_for_cpu
+        oom = self.oom_killed()
         for call in list(self.calls.values()):
-            error = self.pool.cpu_error() if call is culprit else self.pool.crash_error()
+            if call is culprit:
+                error: BaseException = self.pool.cpu_error()
+            else:
+                error = self.pool.memory_error() if oom else self.pool.crash_error()
             _log.warning(
                 "request %s: %s (worker %d of %s)",
                 call.request_id,
@@ -278,6 +320,27 @@ class WorkerConn(asyncio.Protocol):
                 self.pool.name,
             )
             self.finish_call(call, error)
+
+    # -- backpressure -----------------------------------------------------------------------
+
+    def _queue(self, call: Call, size: int) -> None:
+        call.queued += size
+        self.queued += size
+        if self.queued > _HIGH_WATER and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def unqueue(self, call: Call, size: int) -> None:
+        """``size`` bytes of ``call``'s body left the node (or were dropped)."""
+        size = min(size, call.queued)
+        if size <= 0:
+            return
+        call.queued -= size
+        self.queued -= size
+        if self.reading_paused and self.queued < _LOW_WATER and self.transport is not None:
+            self.reading_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
 
     # -- handed-off connections -----------------------------------------------------------
 
@@ -341,7 +404,8 @@ class WorkerConn(asyncio.Protocol):
 
     def _channel_readable(self) -> None:
         conns = self.conns
-        assert conns is not None
+        if conns is None or conns.fileno() < 0:
+            return  # closed by close() after this callback was queued
         while True:
             try:
                 data = conns.recv(MAX_CONTROL_PACKET)
@@ -390,6 +454,7 @@ class WorkerConn(asyncio.Protocol):
         slots = self.slots
         if not self.direct or slots is None:
             return
+        oom = self.oom_killed()
         states = {conn: slots.state(slot) for conn, (_client, slot) in self.direct.items()}
         culprit = None
         if self.killed_for_cpu is None and self.watchdog_killed:
@@ -405,9 +470,12 @@ class WorkerConn(asyncio.Protocol):
             elif responding:
                 client.abort(None)  # half-answered: only a close is left
             else:
-                error: BaseException = (
-                    self.pool.cpu_error() if conn == culprit else self.pool.crash_error()
-                )
+                if conn == culprit:
+                    error: BaseException = self.pool.cpu_error()
+                elif oom:
+                    error = self.pool.memory_error()
+                else:
+                    error = self.pool.crash_error()
                 _log.warning(
                     "a request on a connection of worker %d of %s: %s",
                     self.pid,
@@ -435,6 +503,10 @@ class WorkerConn(asyncio.Protocol):
         """SIGKILL the worker process (its connection then reports every call crashed)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(self.pid, signal.SIGKILL)
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer acted in the worker's memory cgroup."""
+        return self.cgroup is not None and self.cgroup.oom_killed()
 
     def cpu_seconds(self) -> float | None:
         """The worker's total CPU time (user + system) from ``/proc``, or None if gone."""
@@ -466,6 +538,7 @@ class Pool:
         self._watch_s = max(2 * spec.cpu_ms, 20) / 1000
         self._on_change: Callable[[], None] | None = None
         self.usage_sink: UsageSink | None = None
+        self._gone: dict[int, WorkerConn] = {}  # lost workers whose exit is not yet known
         self._next_conn = 0
         self._flush_seq = 0
 
@@ -476,6 +549,16 @@ class Pool:
             f"the request used more than its CPU time limit (cpu_ms = "
             f"{self.spec.cpu_ms}) and did not stop; its worker was killed. Make "
             "it faster or raise [limits] cpu_ms in edgerun.toml",
+        )
+
+    def memory_error(self) -> LimitExceeded:
+        """The error of a request whose worker the kernel killed at its memory cgroup
+        limit (the worker with what it started went past ``memory_mb``)."""
+        return LimitExceeded(
+            "memory",
+            f"the worker ran out of memory (memory_mb = {self.spec.memory_mb}, counting the "
+            "processes it started) and was killed; use less or raise [limits] memory_mb in "
+            "edgerun.toml",
         )
 
     def crash_error(self) -> WorkerCrashed:
@@ -522,6 +605,9 @@ class Pool:
 
     def _worker_exited(self, pid: int, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
+        gone = self._gone.pop(pid, None)
+        if gone is not None:
+            self._drop_cgroup(gone)
         for worker in self.workers:
             if worker.pid == pid:
                 worker.exit_status = code
@@ -659,6 +745,11 @@ class Pool:
             finally:
                 os.close(forked.slots_fd)
             worker = WorkerConn(self, pid, forked.conns, slots)
+            cgroups = memory_cgroups()
+            if cgroups is not None:
+                worker.cgroup = cgroups.limit(
+                    self.name, pid, cgroup_limit_bytes(self.spec.memory_mb)
+                )
             forked.data.setblocking(False)
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: worker, sock=forked.data
@@ -753,8 +844,25 @@ class Pool:
         if self.waiters and not self._live() and self.forking == 0:
             self._grow()
 
+    def _drop_cgroup(self, worker: WorkerConn) -> None:
+        """The worker has exited: kill what it left in its cgroup, remove the cgroup."""
+        cgroup, worker.cgroup = worker.cgroup, None
+        if cgroup is None:
+            return
+        cgroup.kill_all()
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(cgroup.remove))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def lost(self, worker: WorkerConn) -> None:
         """``worker``'s connection closed (exit, crash, kill): forget it."""
+        if worker.cgroup is not None:
+            # Its crash was judged (OOM or not); the cgroup goes once the process has
+            # exited, which the zygote may report before or after this.
+            if worker.exit_status is not None:
+                self._drop_cgroup(worker)
+            else:
+                self._gone[worker.pid] = worker
         if worker.idle_handle is not None:
             worker.idle_handle.cancel()
             worker.idle_handle = None
@@ -871,6 +979,13 @@ class Pool:
                             await asyncio.sleep(0.02)
             await zygote.stop()
         self.zygote = None
+        # The zygote killed what was left; their exits are no longer reported.
+        for worker in [*self.workers, *self._gone.values()]:
+            cgroup, worker.cgroup = worker.cgroup, None
+            if cgroup is not None:
+                cgroup.kill_all()
+                await asyncio.to_thread(cgroup.remove)
+        self._gone.clear()
         for task in list(self._tasks):
             task.cancel()
 

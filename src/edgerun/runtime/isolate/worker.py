@@ -152,6 +152,13 @@ class _Server(asyncio.Protocol):
         self.usage_meters: list[tuple[list[Any], cpu.Meter]] = []
         self.retired: str | None = None
         self.on_retire: Callable[[str], None] | None = None
+        # Wall-time deadlines of directly served requests, checked by one sweeper every
+        # sweep_s (a tenth of the limit, 10 ms to 1 s): a request ends within wall_ms
+        # plus one sweep.
+        self.deadlines: dict[asyncio.Task[Any], float] = {}
+        self.expired: set[asyncio.Task[Any]] = set()
+        self.sweeper: asyncio.TimerHandle | None = None
+        self.sweep_s = min(1.0, max(0.01, self.wall_s / 10))
 
     async def run(self, sock: Any) -> None:
         loop = self.loop = asyncio.get_running_loop()
@@ -395,22 +402,17 @@ class _Server(asyncio.Protocol):
         started = _monotonic()
         ctx = Context(request_id)
         ctx._registry = self.pending
-        # The wall limit: a timer that cancels this task (asyncio.timeout would do the
-        # same with two extra system calls per request, to find the loop and the task).
-        loop = self.loop
-        task = asyncio.current_task(loop)
-        expired: list[bool] = []
-
-        def expire() -> None:
-            expired.append(True)
-            if task is not None:
-                task.cancel()
-
-        timer = loop.call_later(self.wall_s, expire)
+        # The wall limit: the sweeper cancels this task past its deadline (a timer per
+        # request, or asyncio.timeout, would cost more on this path).
+        task = asyncio.current_task(self.loop)
+        deadlines = self.deadlines
+        if task is not None:
+            deadlines[task] = started + self.wall_s
+            self._sweep_soon()
         try:
             response, error = await self._run(request, ctx, meter, request_id)
         except asyncio.CancelledError:
-            if not expired or task is None:
+            if task is None or task not in self.expired:
                 raise
             task.uncancel()
             error = LimitExceeded(
@@ -422,16 +424,39 @@ class _Server(asyncio.Protocol):
             status, body = to_http(error, request_id=request_id, debug=self.spec.debug)
             response = Response.json(body, status=status, headers={REQUEST_ID_HEADER: request_id})
         finally:
-            timer.cancel()
+            if task is not None:
+                deadlines.pop(task, None)
+                self.expired.discard(task)
         if meter.exceeded or meter.memory or self._memory_high():
             self.retire(f"its request {request_id} hit a limit")
         outcome = Outcome.OK if error is None else Outcome.of(error)
+        if response.content is not None and ctx._tasks is None and ctx._sent_callbacks is None:
+            # The usual case -- a fixed body, nothing deferred: account now, no after.
+            ctx._finished = True
+            self._count(request, request_id, response, outcome, error, meter, started, cold, log)
+            return response, None, outcome.value
 
         async def after() -> None:
             self._count(request, request_id, response, outcome, error, meter, started, cold, log)
             self._after(ctx, started)
 
         return response, after, outcome.value
+
+    def _sweep_soon(self) -> None:
+        if self.sweeper is None:
+            self.sweeper = self.loop.call_later(self.sweep_s, self._sweep)
+
+    def _sweep(self) -> None:
+        """Cancel the directly served requests past their wall-time deadline."""
+        self.sweeper = None
+        if not self.deadlines:
+            return
+        now = _monotonic()
+        for task, deadline in list(self.deadlines.items()):
+            if now >= deadline and task not in self.expired:
+                self.expired.add(task)
+                task.cancel()
+        self._sweep_soon()
 
     def _count(
         self,
@@ -450,10 +475,13 @@ class _Server(asyncio.Protocol):
         row = self.usage.get(key)
         if row is None:
             row = self.usage[key] = [0, 0.0, 0.0, 0, 0, 0]
-        bytes_in = request._body.size
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit():
-            bytes_in = max(bytes_in, int(declared))
+        body = request._body
+        bytes_in = body.size
+        if body.fixed is None:
+            # A stream the handler may not have read to the end: count what was sent.
+            declared = request.headers.get("content-length")
+            if declared is not None and declared.isdigit():
+                bytes_in = max(bytes_in, int(declared))
         wall_ms = (_monotonic() - started) * 1000
         row[0] += 1
         # CPU is added at report time: the step running now is not yet on the meter,
