@@ -25,9 +25,7 @@ import os
 import socket
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import unquote
 
-import httptools
 import uvicorn
 from uvicorn.server import ServerState
 
@@ -35,7 +33,7 @@ from edgerun.edge.routes import RouteTable
 from edgerun.errors import error_body
 from edgerun.http import Geo, Request, Response
 from edgerun.node.asgi_front import AsgiFront
-from edgerun.node.front import After
+from edgerun.node.front import After, host_for_url
 from edgerun.node.ids import new_request_id
 from edgerun.node.protocol import NodeCycle, NodeHttpToolsProtocol
 from edgerun.node.versions import VERSION_HEADER
@@ -59,6 +57,7 @@ __all__ = ["serve_connections"]
 
 _log = logging.getLogger("edgerun.isolate")
 _NODE_PATHS = ("/__edgerun", "/healthz")
+_NODE_PATHS_RAW = tuple(p.encode() for p in _NODE_PATHS)
 _VERSION_HEADER_RAW = VERSION_HEADER.encode()
 _REPORT_EVERY_S = 1.0
 
@@ -242,9 +241,11 @@ async def _unused_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 class _WorkerCycle(NodeCycle):
-    """A request/response cycle that marks its slot when the response starts."""
+    """A request/response cycle that tells its connection when the response starts and
+    right before the write that completes it."""
 
     on_start: Any = None
+    on_final: Any = None
 
     async def respond(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, close: bool
@@ -255,9 +256,15 @@ class _WorkerCycle(NodeCycle):
         await super().respond(status, headers, body, close)
 
     async def send(self, message: Any) -> None:
-        """See uvicorn's ``send``; the slot is marked responding at the response start."""
-        if self.on_start is not None and message["type"] == "http.response.start":
-            self.on_start()
+        """See uvicorn's ``send``; the slot follows the response's start and end."""
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.on_start is not None:
+                self.on_start()
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            final, self.on_final = self.on_final, None
+            if final is not None:
+                final()
         await super().send(message)
 
 
@@ -283,7 +290,7 @@ class _WorkerProtocol(NodeHttpToolsProtocol):
         self.returned = False
         self.giving = server.giving
         self.closing_on_give = False
-        self.busy = False
+        self.unanswered = 0
         self.checked = False
 
     # The protocol is its own diverter: a head that is not this deployment's goes back.
@@ -318,7 +325,7 @@ class _WorkerProtocol(NodeHttpToolsProtocol):
             return "give"
         if self.transport.get_write_buffer_size():
             return None  # a response still leaving: serve (or refuse) it here
-        if self._belongs(self.headers):
+        if self._belongs():
             self.checked = True  # the dispatcher need not check again
             return None
         return "route"
@@ -327,17 +334,15 @@ class _WorkerProtocol(NodeHttpToolsProtocol):
         """Give the connection and its unserved ``data`` back to the node."""
         self._return(data)
 
-    def _belongs(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        path = httptools.parse_url(self.url).path.decode("latin-1")
-        if "%" in path:
-            path = unquote(path)
-        if path.startswith(_NODE_PATHS):
+    def _belongs(self) -> bool:
+        """Whether the request whose head was just read is this deployment's."""
+        path = self.raw_path()
+        if path.startswith(_NODE_PATHS_RAW) or self.version_header:
             return False
-        if not self.conn.all_mine:
-            host = self._hosts[0] if self._hosts else None
-            if not self.conn.routes.match(host, path):
-                return False
-        return not any(name == _VERSION_HEADER_RAW for name, _ in headers)
+        if self.conn.all_mine:
+            return True
+        host = host_for_url(self._hosts[0] if self._hosts else None, self.server)
+        return bool(self.conn.routes.match(host, path.decode("latin-1")))
 
     def _serves(self, request: Request) -> bool:
         if request.path.startswith(_NODE_PATHS) or VERSION_HEADER in request.headers:
@@ -376,28 +381,49 @@ class _WorkerProtocol(NodeHttpToolsProtocol):
 
     # -- requests -----------------------------------------------------------------------
 
+    # The connection's slot says "a request is in flight" from a head accepted until
+    # right before the write that completes its response (so a worker killed after
+    # that write leaves the connection to the node, not half-answered). Pipelined
+    # requests keep it busy: the next one takes the slot over with a new sequence.
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request on this connection has not been answered in full."""
+        return self.unanswered > 0
+
     def on_headers_complete(self) -> None:
         """Mark the slot busy once the head is accepted (after the checks and the plan)."""
         super().on_headers_complete()
-        self.busy = True
-        self.owner.slots.begin(self.conn.slot)
+        self.unanswered += 1
+        if self.unanswered == 1:
+            self.owner.slots.begin(self.conn.slot)
         cycle = self.cycle
         if isinstance(cycle, _WorkerCycle):
             cycle.on_start = self._responding
+            cycle.on_final = self._answered
 
     def _responding(self) -> None:
         self.owner.slots.responding(self.conn.slot)
 
+    def _answered(self) -> None:
+        """The oldest unanswered request's response is about to be completed."""
+        if self.unanswered <= 0:
+            return
+        self.unanswered -= 1
+        slots = self.owner.slots
+        slots.end(self.conn.slot)
+        if self.unanswered:
+            slots.begin(self.conn.slot)
+
     def on_response_complete(self) -> None:
-        """The slot is free again; a connection asked for goes back now."""
-        self._end_request()
+        """A connection asked for goes back once it is idle."""
         super().on_response_complete()
         if self.giving and not self.returned and self._idle():
             self.give_back(close=self.closing_on_give)
 
     def _end_request(self) -> None:
-        if self.busy:
-            self.busy = False
+        if self.unanswered:
+            self.unanswered = 0
             self.owner.slots.end(self.conn.slot)
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:

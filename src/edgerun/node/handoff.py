@@ -16,12 +16,10 @@ import asyncio
 import dataclasses
 import logging
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
-
-import httptools
 
 from edgerun.control.api import CONTROL_PREFIX
 from edgerun.node.deployment import Deployment
+from edgerun.node.front import host_for_url
 from edgerun.node.protocol import NodeHttpToolsProtocol
 from edgerun.node.versions import VERSION_HEADER
 from edgerun.runtime.isolate.invoker import IsolatedInvoker
@@ -64,12 +62,12 @@ class NodeHandoff:
         node = self.node
         if protocol.scheme != "http" or not node.geo.per_peer:
             return None
-        raw_path = httptools.parse_url(protocol.url).path.decode("latin-1")
-        path = unquote(raw_path) if "%" in raw_path else raw_path
-        if path.startswith(_NODE_PATHS):
+        # As the dispatcher sees it: the raw path, and the Host (else the server address).
+        path = protocol.raw_path().decode("latin-1")
+        if path.startswith(_NODE_PATHS) or protocol.version_header:
             return None
         hosts = protocol._hosts
-        deployment = node.route(hosts[0] if hosts else None, path)
+        deployment = node.route(host_for_url(hosts[0] if hosts else None, protocol.server), path)
         if deployment is None:
             return None
         invoker = deployment.invoker
@@ -77,9 +75,6 @@ class NodeHandoff:
             return None
         if not invoker.pool.can_adopt():
             return None
-        for name, _value in protocol.headers:
-            if name == _VERSION_HEADER_RAW:
-                return None
         headers: list[tuple[str, str]] = []
         if node.versions is not None:
             fixed = node.versions.fixed(deployment)

@@ -132,6 +132,10 @@ class NodeCycle(RequestResponseCycle):
     ``receive``, disconnects) is uvicorn's.
     """
 
+    # Called right before the write that completes the response (isolated workers mark
+    # their shared slot free there; see node.direct).
+    on_final: Any = None
+
     async def respond(
         self,
         status: int,
@@ -177,6 +181,8 @@ class NodeCycle(RequestResponseCycle):
             parts.append(b"content-length: %d\r\n\r\n" % len(body))
             if self.scope["method"] != "HEAD":
                 parts.append(body)
+        if self.on_final is not None:
+            self.on_final()
         self.transport.write(b"".join(parts))
         self.response_complete = True
         self.message_event.set()
@@ -248,6 +254,7 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         self._plan: object | None = None
         self._skip_plan = False
         self.diverted = False
+        self.version_header = False
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -349,6 +356,7 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         }
         self._in_head = True
         self._head_started = True
+        self.version_header = False
         self._url_bytes = self._header_bytes = self._header_count = 0
         if self._begun_in_chunk:
             # A second request in one chunk: its bytes do not start the buffer.
@@ -402,6 +410,8 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         elif size == 17:
             if name == b"transfer-encoding":
                 self._encodings.append(value.decode("latin-1"))
+            elif name == b"x-edgerun-version":
+                self.version_header = True  # for the diverter: a per-request choice
         elif size == 6 and name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
         self.headers.append((name, value))
@@ -524,6 +534,14 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         self.flow.pause_reading()
         assert self.diverter is not None and plan is not None
         self.diverter.divert(self, plan, data)
+
+    def raw_path(self) -> bytes:
+        """The request target's path, percent-encoding kept (what routes compare)."""
+        url = self.url
+        if url[:1] == b"/":  # origin-form, the usual case: no parsing needed
+            end = url.find(b"?")
+            return url if end < 0 else url[:end]
+        return httptools.parse_url(url).path or b"/"
 
     def fileno(self) -> int:
         """The connection's socket descriptor."""

@@ -31,6 +31,7 @@ __all__ = ["CpuExceeded", "Meter", "Metered", "current_meter", "disarm", "instal
 T = TypeVar("T")
 
 _thread_time = time.thread_time
+_perf_counter = time.perf_counter
 # The tick is a fifth of the budget, between 1 and 10 ms of CPU: a request is stopped
 # within budget + one tick.
 _TICK_MIN_S = 0.001
@@ -47,6 +48,7 @@ _armed = False
 # The meter whose step is running and when that step started (for ``Meter.used_s``).
 _running: Meter | None = None
 _step_started = 0.0
+_step_wall = 0.0  # perf_counter() at the start of the running step
 
 
 class CpuExceeded(BaseException):
@@ -67,6 +69,24 @@ class Meter:
         self.cpu_s = 0.0
         self.exceeded = False
         self.memory = False
+
+    def over(self) -> bool:
+        """Whether the request is over budget now, the running step included.
+
+        Cheap in the usual case: a step's CPU time is at most its wall time, so the
+        thread's CPU clock (a system call) is read only when the wall time says the
+        budget may be spent.
+        """
+        if self.exceeded:
+            return True
+        if _running is not self:
+            return self.cpu_s > self.budget_s
+        if self.cpu_s + (_perf_counter() - _step_wall) <= self.budget_s:
+            return False
+        if self.cpu_s + _thread_time() - _step_started > self.budget_s:
+            self.exceeded = True
+            return True
+        return False
 
     def used_s(self) -> float:
         """CPU seconds used so far, including the step running now (if it is ours)."""
@@ -89,25 +109,22 @@ class Metered(Coroutine[Any, Any, T]):
         self._meter = meter
 
     def _step(self, fn: Callable[..., Any], arg: Any) -> Any:
-        global _armed, _running, _step_started
+        global _armed, _running, _step_started, _step_wall
         meter = self._meter
         if meter.exceeded:
             fn, arg = self._coro.throw, CpuExceeded()
-        outer, outer_started = _running, _step_started
+        outer, outer_started, outer_wall = _running, _step_started, _step_wall
         _running = meter
+        _step_wall = _perf_counter()
         start = _step_started = _thread_time()
         end = 0.0
         _armed = True
         try:
             return fn(arg)
         except StopIteration:
-            # The timer may not have fired yet when the last step ends over budget (the
-            # signal is delivered between bytecodes, and only after a tick): fail the
-            # request anyway, so the outcome never depends on signal timing.
+            # The task is over (its answer is out): an overrun in this last step is
+            # recorded below, raising it would only leave a failed task behind.
             end = _thread_time()
-            if meter.cpu_s + end - start > meter.budget_s:
-                meter.exceeded = True
-                raise CpuExceeded() from None
             raise
         except CpuExceeded:
             meter.exceeded = True
@@ -117,7 +134,7 @@ class Metered(Coroutine[Any, Any, T]):
             raise
         finally:
             _armed = False
-            _running, _step_started = outer, outer_started
+            _running, _step_started, _step_wall = outer, outer_started, outer_wall
             meter.cpu_s += (end or _thread_time()) - start
             if meter.cpu_s > meter.budget_s:
                 meter.exceeded = True

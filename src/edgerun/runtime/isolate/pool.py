@@ -404,9 +404,9 @@ class WorkerConn(asyncio.Protocol):
 
     def _channel_readable(self) -> None:
         conns = self.conns
-        if conns is None or conns.fileno() < 0:
-            return  # closed by close() after this callback was queued
         while True:
+            if conns is None or conns.fileno() < 0:
+                return  # closed by close(), maybe by the message just handled
             try:
                 data = conns.recv(MAX_CONTROL_PACKET)
             except BlockingIOError:

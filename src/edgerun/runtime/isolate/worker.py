@@ -308,7 +308,9 @@ class _Server(asyncio.Protocol):
             if not isinstance(response, Response):
                 got = "None" if response is None else type(response).__name__
                 raise HandlerError(f"fetch returned {got}; return an edgerun.Response")
-            if meter.exceeded:
+            if meter.over():
+                # Over budget by the end of the handler, even if no tick came in time:
+                # the outcome never depends on when the signal is delivered.
                 raise cpu.CpuExceeded()
         except asyncio.CancelledError:
             raise
