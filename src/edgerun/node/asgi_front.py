@@ -23,7 +23,6 @@ from edgerun.node.front import (
     ChunkSource,
     Dispatch,
     GuardedBody,
-    call_dispatch,
     error_response,
     host_for_url,
     logger,
@@ -114,7 +113,18 @@ class AsgiFront:
             body,
             client[0] if client else None,
         )
-        response, after = await call_dispatch(self._dispatch, request)
+        # call_dispatch, inlined: one coroutine less per request on the hot path.
+        try:
+            response, after = await self._dispatch(request)
+            if not isinstance(response, Response):
+                raise TypeError(
+                    f"the dispatcher returned {type(response).__name__}, not a Response"
+                )
+        except Exception as exc:
+            logger.exception(
+                "dispatcher raised for %s %s; answering 500", request.method, request.url
+            )
+            response, after = error_response(exc, close=False), None
         content = response.content
         if content is not None or response.status in NO_BODY_STATUSES:
             # node.protocol's cycle writes a fixed response in one piece (one socket send

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import os
 import socket
@@ -37,7 +36,6 @@ from edgerun.node.front import After, host_for_url
 from edgerun.node.ids import new_request_id
 from edgerun.node.protocol import NodeCycle, NodeHttpToolsProtocol
 from edgerun.node.versions import VERSION_HEADER
-from edgerun.runtime.isolate import cpu
 from edgerun.runtime.isolate.handoff import DirectHost, Slots, send_packet
 from edgerun.runtime.isolate.protocol import (
     MAX_CONTROL_PACKET,
@@ -241,19 +239,9 @@ async def _unused_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 class _WorkerCycle(NodeCycle):
-    """A request/response cycle that tells its connection when the response starts and
-    right before the write that completes it."""
-
-    on_start: Any = None
-    on_final: Any = None
-
-    async def respond(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, close: bool
-    ) -> None:
-        """See ``NodeCycle.respond``; the slot is marked responding first."""
-        if self.on_start is not None:
-            self.on_start()
-        await super().respond(status, headers, body, close)
+    """A request/response cycle that tells its connection when a streamed response
+    starts and right before the write that completes it (``NodeCycle.respond`` does
+    the same for fixed responses)."""
 
     async def send(self, message: Any) -> None:
         """See uvicorn's ``send``; the slot follows the response's start and end."""
@@ -287,18 +275,17 @@ class _WorkerProtocol(NodeHttpToolsProtocol):
         self.conn = conn
         self.initial = initial
         self.app = AsgiFront(self._dispatch, self.limits)
+        self.diverter = self  # type: ignore[misc]
         self.returned = False
         self.giving = server.giving
         self.closing_on_give = False
         self.unanswered = 0
         self.checked = False
+        self.task: asyncio.Task[None] | None = None
 
-    # The protocol is its own diverter: a head that is not this deployment's goes back.
+    # The protocol is its own diverter (set per instance in __init__): a head that is
+    # not this deployment's goes back.
     active = True
-
-    @property
-    def diverter(self) -> Any:  # type: ignore[override]
-        return self
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start serving, beginning with the bytes the node read."""
@@ -427,17 +414,14 @@ class _WorkerProtocol(NodeHttpToolsProtocol):
             self.owner.slots.end(self.conn.slot)
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        # Each request's task runs under its own CPU meter (cpu's task factory wraps it).
-        meter = self.owner.host.metered()
-        context = contextvars.copy_context()
-        context.run(cpu.current_meter.set, meter)
-        # Built here rather than through the loop's task factory (which would find the
-        # meter in the context and do the same): one call less per request.
-        task: asyncio.Task[None] = asyncio.Task(
-            cpu.Metered(cycle.run_asgi(app), meter), loop=self.loop, context=context
-        )
+        # A plain task, past the loop's task factory (the worker meters the handler
+        # itself, see DirectHost.handle).
+        task: asyncio.Task[None] = asyncio.Task(cycle.run_asgi(app), loop=self.loop)
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
+        # The request's own task (pipelined requests start only after the one before
+        # them is answered, so this is the one _dispatch runs in).
+        self.task = task
 
     async def _dispatch(self, request: Request) -> tuple[Response, After | None]:
         conn = self.conn
@@ -454,7 +438,7 @@ class _WorkerProtocol(NodeHttpToolsProtocol):
         request_id = new_request_id()
         cold, conn.cold = conn.cold, False
         response, after, _outcome = await self.owner.host.handle(
-            request, request_id, cold, conn.access_log
+            request, request_id, cold, conn.access_log, self.task
         )
         headers = response.headers
         headers._put("x-edgerun-request-id", request_id)

@@ -132,8 +132,9 @@ class NodeCycle(RequestResponseCycle):
     ``receive``, disconnects) is uvicorn's.
     """
 
-    # Called right before the write that completes the response (isolated workers mark
-    # their shared slot free there; see node.direct).
+    # Called as the response starts and right before the write that completes it
+    # (isolated workers keep their shared slot table current with them; node.direct).
+    on_start: Any = None
     on_final: Any = None
 
     async def respond(
@@ -156,6 +157,8 @@ class NodeCycle(RequestResponseCycle):
             return
         if self.response_started:
             raise RuntimeError("a response was already started for this request")
+        if self.on_start is not None:
+            self.on_start()
         self.response_started = True
         self.waiting_for_100_continue = False
         parts = [STATUS_LINE[status]]

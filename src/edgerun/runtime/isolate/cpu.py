@@ -23,7 +23,8 @@ import asyncio
 import contextvars
 import signal
 import time
-from collections.abc import Callable, Coroutine, Generator
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
 __all__ = ["CpuExceeded", "Meter", "Metered", "current_meter", "disarm", "install", "tick_for"]
@@ -32,6 +33,7 @@ T = TypeVar("T")
 
 _thread_time = time.thread_time
 _perf_counter = time.perf_counter
+_CoroutineType = types.CoroutineType
 # The tick is a fifth of the budget, between 1 and 10 ms of CPU: a request is stopped
 # within budget + one tick.
 _TICK_MIN_S = 0.001
@@ -108,6 +110,13 @@ class Metered(Coroutine[Any, Any, T]):
         self._coro = coro
         self._meter = meter
 
+    @classmethod
+    def wrap(cls, awaitable: Awaitable[T], meter: Meter) -> Metered[T]:
+        """Meter any awaitable (a coroutine as is, anything else through one)."""
+        if type(awaitable) is _CoroutineType or isinstance(awaitable, Coroutine):
+            return cls(awaitable, meter)  # type: ignore[arg-type]
+        return cls(_await(awaitable), meter)
+
     def _step(self, fn: Callable[..., Any], arg: Any) -> Any:
         global _armed, _running, _step_started, _step_wall
         meter = self._meter
@@ -174,6 +183,10 @@ class Metered(Coroutine[Any, Any, T]):
 
     def __repr__(self) -> str:
         return f"<Metered {self._coro!r}>"
+
+
+async def _await(awaitable: Awaitable[T]) -> T:
+    return await awaitable
 
 
 def disarm() -> None:

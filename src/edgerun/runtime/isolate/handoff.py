@@ -28,6 +28,7 @@ descriptors, and ``DirectHost``, what the worker's HTTP server needs from the wo
 from __future__ import annotations
 
 import array
+import asyncio
 import mmap
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
@@ -168,12 +169,17 @@ class DirectHost(Protocol):
     """Set by the HTTP server: called once when the worker retires itself."""
 
     def handle(
-        self, request: Request, request_id: str, cold: bool = False, log: bool = False
+        self,
+        request: Request,
+        request_id: str,
+        cold: bool = False,
+        log: bool = False,
+        task: asyncio.Task[Any] | None = None,
     ) -> Awaitable[tuple[Response, After | None, str]]:
         """Run one request under the worker's limits; return the response, its
         deferred work (usage, access log if ``log``, ``wait_until``) and its
-        ``Outcome`` value. ``cold`` marks a cold start. Never raises for handler
-        failures."""
+        ``Outcome`` value. ``cold`` marks a cold start; ``task`` is the task running
+        the request (found if not given). Never raises for handler failures."""
         ...
 
     def metered(self) -> Any:

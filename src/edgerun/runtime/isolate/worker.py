@@ -304,19 +304,24 @@ class _Server(asyncio.Protocol):
         """
         assert self.env is not None
         try:
-            response = await self.handler(request, self.env, ctx)
-            if not isinstance(response, Response):
-                got = "None" if response is None else type(response).__name__
-                raise HandlerError(f"fetch returned {got}; return an edgerun.Response")
-            if meter.over():
-                # Over budget by the end of the handler, even if no tick came in time:
-                # the outcome never depends on when the signal is delivered.
-                raise cpu.CpuExceeded()
+            response = self._checked(await self.handler(request, self.env, ctx), meter)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             return self._failure(exc, meter, rid)
         return response, ctx._error
+
+    @staticmethod
+    def _checked(response: object, meter: cpu.Meter) -> Response:
+        """The handler's return value, if it is a response and the budget held."""
+        if not isinstance(response, Response):
+            got = "None" if response is None else type(response).__name__
+            raise HandlerError(f"fetch returned {got}; return an edgerun.Response")
+        if meter.over():
+            # Over budget by the end of the handler, even if no tick came in time:
+            # the outcome never depends on when the signal is delivered.
+            raise cpu.CpuExceeded()
+        return response
 
     def _failure(
         self, exc: BaseException, meter: cpu.Meter, rid: str
@@ -394,25 +399,44 @@ class _Server(asyncio.Protocol):
         return cpu.Meter(self.budget_s)
 
     async def handle(
-        self, request: Request, request_id: str, cold: bool = False, log: bool = False
+        self,
+        request: Request,
+        request_id: str,
+        cold: bool = False,
+        log: bool = False,
+        task: asyncio.Task[Any] | None = None,
     ) -> tuple[Response, After | None, str]:
         """Run one request the worker's HTTP server parsed; see ``DirectHost``.
 
         The wall limit is the worker's to enforce here (the node is not in the path).
         """
-        meter = cpu.current_meter.get() or self.metered()
+        # Only the handler's own steps are metered here (the HTTP work around it is the
+        # node's protocol); tasks it starts inherit the meter through the context.
+        meter = cpu.Meter(self.budget_s)
+        cpu.current_meter.set(meter)
         started = _monotonic()
         ctx = Context(request_id)
         ctx._registry = self.pending
         # The wall limit: the sweeper cancels this task past its deadline (a timer per
         # request, or asyncio.timeout, would cost more on this path).
-        task = asyncio.current_task(self.loop)
+        if task is None:
+            task = asyncio.current_task(self.loop)
         deadlines = self.deadlines
         if task is not None:
             deadlines[task] = started + self.wall_s
-            self._sweep_soon()
+            if self.sweeper is None:
+                self._sweep_soon()
+        assert self.env is not None
         try:
-            response, error = await self._run(request, ctx, meter, request_id)
+            try:
+                response = self._checked(
+                    await cpu.Metered.wrap(self.handler(request, self.env, ctx), meter), meter
+                )
+                error = ctx._error
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                response, error = self._failure(exc, meter, request_id)
         except asyncio.CancelledError:
             if task is None or task not in self.expired:
                 raise
