@@ -21,7 +21,6 @@ from edgerun.control.api import CONTROL_PREFIX
 from edgerun.node.deployment import Deployment
 from edgerun.node.front import host_for_url
 from edgerun.node.protocol import NodeHttpToolsProtocol
-from edgerun.node.versions import VERSION_HEADER
 from edgerun.runtime.isolate.invoker import IsolatedInvoker
 from edgerun.runtime.isolate.protocol import Adopt
 from edgerun.security.limits import HttpLimits
@@ -33,7 +32,6 @@ __all__ = ["NodeHandoff"]
 
 _log = logging.getLogger("edgerun.node")
 _NODE_PATHS = ("/__edgerun", "/healthz", CONTROL_PREFIX)
-_VERSION_HEADER_RAW = VERSION_HEADER.encode()
 
 
 class _Plan:

@@ -747,9 +747,9 @@ class Pool:
             worker = WorkerConn(self, pid, forked.conns, slots)
             cgroups = memory_cgroups()
             if cgroups is not None:
-                worker.cgroup = cgroups.limit(
-                    self.name, pid, cgroup_limit_bytes(self.spec.memory_mb)
-                )
+                # Off the cold-start path (a few ms of cgroupfs writes): the worker is
+                # moved in while it serves its first request.
+                self._spawn(self._limit(worker, cgroups))
             forked.data.setblocking(False)
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: worker, sock=forked.data
@@ -844,15 +844,28 @@ class Pool:
         if self.waiters and not self._live() and self.forking == 0:
             self._grow()
 
+    async def _limit(self, worker: WorkerConn, cgroups: MemoryCgroups) -> None:
+        limit = cgroup_limit_bytes(self.spec.memory_mb)
+        cgroup = await asyncio.to_thread(cgroups.limit, self.name, worker.pid, limit)
+        if cgroup is None:
+            return
+        if worker.closed and worker.exit_status is not None:
+            await asyncio.to_thread(cgroup.remove)  # the worker is already gone
+            return
+        worker.cgroup = cgroup
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _drop_cgroup(self, worker: WorkerConn) -> None:
         """The worker has exited: kill what it left in its cgroup, remove the cgroup."""
         cgroup, worker.cgroup = worker.cgroup, None
         if cgroup is None:
             return
         cgroup.kill_all()
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(cgroup.remove))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(asyncio.to_thread(cgroup.remove))
 
     def lost(self, worker: WorkerConn) -> None:
         """``worker``'s connection closed (exit, crash, kill): forget it."""

@@ -57,6 +57,14 @@ OpenBindings = Callable[[list[BindingSpec]], Awaitable[Mapping[str, Binding]]]
 
 _log = logging.getLogger("edgerun.isolate")
 _access = logging.getLogger("edgerun.access")
+
+# Imported here, that is in the zygote: importing uvloop takes about 8 ms, which every
+# cold start would pay again in the forked worker.
+_uvloop: Any
+try:
+    import uvloop as _uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+    _uvloop = None
 _monotonic = time.monotonic
 # A worker whose address space is above this share of its limit after a request is
 # retired: the next allocation is likely to fail inside some other request.
@@ -102,11 +110,10 @@ def run_worker(
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
+    if _uvloop is None:
         return asyncio.new_event_loop()
-    return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    loop: asyncio.AbstractEventLoop = _uvloop.new_event_loop()
+    return loop
 
 
 class _Call:
