@@ -46,6 +46,12 @@ async def fetch(request, env, ctx):
         return Response(str(len(block)))
     if path == "/exit":
         os._exit(1)
+    if path == "/spin-stream":
+        async def body():
+            yield b"first chunk"
+            while True:
+                pass
+        return Response(body())
     if path == "/read":
         try:
             with open(request.query["file"], "rb") as fh:
@@ -99,6 +105,26 @@ def test_cpu_loop_is_503_exceeded_cpu_and_the_node_recovers(tmp_path, edgerun_no
     assert r.status_code == 503
     assert error_code(r) == "exceeded_cpu"
     assert results == [200]
+    assert_recovered(node)
+
+
+@pytest.mark.parametrize("handoff", ["true", "false"])
+def test_a_streamed_body_that_spins_is_cut_off_at_the_cpu_limit(tmp_path, edgerun_node, handoff):
+    # The body's generator is the handler's code too, whichever way the worker is reached.
+    node = two(tmp_path, edgerun_node, f"cpu_ms = 50\n[scaling]\nhandoff = {handoff}\n")
+    received = b""
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        node.client.stream("GET", "/spin-stream", headers={"host": "a.test"}) as r,
+    ):
+        assert r.status_code == 200
+        for chunk in r.iter_bytes():
+            received += chunk
+    assert received == b"first chunk"
+    # Stopped by the worker's own CPU meter (which retires the worker), not by the
+    # node's watchdog killing a worker that never yields.
+    node.wait_for_line(r"retired: .*(streamed response|exceeded_cpu)")
+    assert not any("without yielding" in line for line in node.output)
     assert_recovered(node)
 
 

@@ -156,7 +156,6 @@ class _Server(asyncio.Protocol):
         # directly served requests not yet reported, by (outcome, error code).
         self.direct: tuple[Any, Slots, ServeConnections] | None = None
         self.usage: dict[tuple[str, str], list[Any]] = {}
-        self.usage_meters: list[tuple[list[Any], cpu.Meter]] = []
         self.retired: str | None = None
         self.on_retire: Callable[[str], None] | None = None
         # Wall-time deadlines of directly served requests, checked by one sweeper every
@@ -462,6 +461,9 @@ class _Server(asyncio.Protocol):
                 self.expired.discard(task)
         if meter.exceeded or meter.memory or self._memory_high():
             self.retire(f"its request {request_id} hit a limit")
+        if response.content is None:
+            # A streamed body is the handler's code too: meter producing it.
+            response = _with_body(response, _metered_chunks(response.stream(), meter, self))
         outcome = Outcome.OK if error is None else Outcome.of(error)
         if response.content is not None and ctx._tasks is None and ctx._sent_callbacks is None:
             # The usual case -- a fixed body, nothing deferred: account now, no after.
@@ -517,9 +519,9 @@ class _Server(asyncio.Protocol):
                 bytes_in = max(bytes_in, int(declared))
         wall_ms = (_monotonic() - started) * 1000
         row[0] += 1
-        # CPU is added at report time: the step running now is not yet on the meter,
-        # and reading the thread's CPU clock now would cost a system call.
-        self.usage_meters.append((row, meter))
+        # The handler's steps are over, so its meter is final (what the HTTP layer does
+        # around it is not the handler's CPU).
+        row[1] += meter.cpu_s * 1000
         row[2] += wall_ms
         row[3] += bytes_in
         row[4] += response._body.size
@@ -541,9 +543,6 @@ class _Server(asyncio.Protocol):
 
     def usage_rows(self) -> list[tuple[str, int, float, float, int, int, int, str]]:
         """The usage counted since the last call, as ``Report`` rows (then reset)."""
-        for row, meter in self.usage_meters:
-            row[1] += meter.cpu_s * 1000
-        self.usage_meters = []
         rows = [(outcome, *row, code) for (outcome, code), row in self.usage.items()]
         self.usage = {}
         return rows  # type: ignore[return-value]
@@ -587,6 +586,34 @@ class _Server(asyncio.Protocol):
             _log.error("request %s: %s", rid, exc.message)
         else:
             _log.error("request %s: the handler raised", rid, exc_info=exc)
+
+
+def _with_body(response: Response, body: AsyncIterator[bytes]) -> Response:
+    """``response`` with another body (same status, the same headers object)."""
+    out = Response(body, status=response.status)
+    out.headers = response.headers
+    return out
+
+
+async def _metered_chunks(
+    chunks: AsyncIterator[bytes], meter: cpu.Meter, server: _Server
+) -> AsyncIterator[bytes]:
+    """``chunks``, each produced under ``meter``; over budget, the stream fails."""
+    iterator = chunks.__aiter__()
+    while True:
+        try:
+            chunk = await cpu.Metered.wrap(iterator.__anext__(), meter)
+        except StopAsyncIteration:
+            return
+        except cpu.CpuExceeded:
+            cpu.disarm()
+            server.retire("a streamed response went over its CPU time limit")
+            raise LimitExceeded(
+                "cpu",
+                f"the response stream used more than its CPU time limit (cpu_ms = "
+                f"{server.spec.cpu_ms}); make it faster or raise [limits] cpu_ms in edgerun.toml",
+            ) from None
+        yield chunk
 
 
 async def _stream(queue: asyncio.Queue[Any]) -> AsyncIterator[bytes]:
