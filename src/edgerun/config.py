@@ -593,24 +593,8 @@ class _Checker:
                     f"(got {raw})",
                 )
             idle_s = float(raw)
-        keep = out.keep_zygote
-        if "keep_zygote" in data:
-            raw = data["keep_zygote"]
-            if not isinstance(raw, bool):
-                self.fail(
-                    ("scaling", "keep_zygote"),
-                    f"scaling.keep_zygote must be true or false (got {_show(raw)})",
-                )
-            keep = raw
-        handoff = out.handoff
-        if "handoff" in data:
-            raw = data["handoff"]
-            if not isinstance(raw, bool):
-                self.fail(
-                    ("scaling", "handoff"),
-                    f"scaling.handoff must be true or false (got {_show(raw)})",
-                )
-            handoff = raw
+        keep = self.scaling_flag(data, "keep_zygote", out.keep_zygote)
+        handoff = self.scaling_flag(data, "handoff", out.handoff)
         return ScalingConfig(
             target_concurrency=out.target_concurrency,
             min_workers=out.min_workers,
@@ -619,6 +603,15 @@ class _Checker:
             keep_zygote=keep,
             handoff=handoff,
         )
+
+    def scaling_flag(self, data: dict[str, Any], key: str, default: bool) -> bool:
+        """A true/false key of ``[scaling]`` (``default`` when absent)."""
+        if key not in data:
+            return default
+        raw = data[key]
+        if not isinstance(raw, bool):
+            self.fail(("scaling", key), f"scaling.{key} must be true or false (got {_show(raw)})")
+        return raw
 
     def binding_name(self, value: object, path: _KeyPath, what: str) -> str:
         if not isinstance(value, str):

@@ -35,7 +35,7 @@ from edgerun.http import Geo, Request, Response
 from edgerun.node.asgi_front import AsgiFront
 from edgerun.node.front import After, host_for_url
 from edgerun.node.ids import new_request_id
-from edgerun.node.protocol import NodeCycle, NodeHttpToolsProtocol
+from edgerun.node.protocol import NodeCycle, NodeHttpToolsProtocol, node_config
 from edgerun.node.versions import VERSION_HEADER
 from edgerun.runtime.isolate.handoff import DirectHost, Slots, send_packet
 from edgerun.runtime.isolate.protocol import (
@@ -228,17 +228,7 @@ async def _unused_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 def _config() -> uvicorn.Config:
-    config = uvicorn.Config(
-        app=_unused_app,
-        ws="none",
-        lifespan="off",
-        interface="asgi3",
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        date_header=True,
-    )
+    config = node_config(_unused_app)
     config.load()
     return config
 

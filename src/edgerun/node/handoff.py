@@ -22,7 +22,7 @@ from edgerun.node.deployment import Deployment
 from edgerun.node.front import host_for_url
 from edgerun.node.protocol import NodeHttpToolsProtocol
 from edgerun.runtime.isolate.invoker import IsolatedInvoker
-from edgerun.runtime.isolate.protocol import Adopt
+from edgerun.runtime.isolate.protocol import Adopt, geo_fields
 from edgerun.security.limits import HttpLimits
 
 if TYPE_CHECKING:
@@ -86,16 +86,7 @@ class NodeHandoff:
             0,
             b"",
             ip,
-            [
-                geo.country,
-                geo.region,
-                geo.city,
-                geo.latitude,
-                geo.longitude,
-                geo.timezone,
-                geo.asn,
-                geo.pop,
-            ],
+            geo_fields(geo),
             node.route_list(deployment),
             headers,
             False,

@@ -63,7 +63,14 @@ from edgerun.security.limits import (
     check_url,
 )
 
-__all__ = ["Diverter", "NodeCycle", "NodeHttpToolsProtocol", "protocol_class", "render_error"]
+__all__ = [
+    "Diverter",
+    "NodeCycle",
+    "NodeHttpToolsProtocol",
+    "node_config",
+    "protocol_class",
+    "render_error",
+]
 
 # Lingering close after an error response: how long, and how many bytes, the node keeps
 # reading (and dropping) what the client is still sending. Closing a socket with unread
@@ -691,6 +698,24 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._linger_timer = self.loop.call_later(_LINGER_S, self.transport.close)
+
+
+def node_config(app: Any, **options: Any) -> Config:
+    """A uvicorn ``Config`` as the node serves with it: no websockets, no lifespan (edgerun
+    runs application lifespans itself), no logging or proxy-header handling of its own,
+    a Date header and no Server header; ``options`` add to or override these."""
+    settings: dict[str, Any] = {
+        "ws": "none",
+        "lifespan": "off",
+        "interface": "asgi3",
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": False,
+        "server_header": False,
+        "date_header": True,
+    }
+    settings.update(options)
+    return Config(app, **settings)
 
 
 def protocol_class(

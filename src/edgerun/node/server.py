@@ -217,7 +217,7 @@ async def _serve_uvicorn(
     import uvicorn
 
     from edgerun.node.asgi_front import AsgiFront
-    from edgerun.node.protocol import protocol_class
+    from edgerun.node.protocol import node_config, protocol_class
 
     class NodeUvicornServer(uvicorn.Server):
         @contextlib.contextmanager
@@ -230,17 +230,9 @@ async def _serve_uvicorn(
             if self.started:
                 ready()
 
-    config = uvicorn.Config(
+    config = node_config(
         AsgiFront(dispatch, limits),
         http=protocol_class(limits, diverter),
-        ws="none",
-        lifespan="off",
-        interface="asgi3",
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        date_header=True,
         timeout_graceful_shutdown=(
             None if graceful_timeout_s is None else math.ceil(graceful_timeout_s)
         ),

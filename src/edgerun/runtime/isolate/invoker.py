@@ -23,7 +23,7 @@ from edgerun.http import Headers, Request, Response
 from edgerun.runtime.invoke import REQUEST_ID_HEADER, Invocation
 from edgerun.runtime.isolate.handoff import Client
 from edgerun.runtime.isolate.pool import Call, Pool, PoolSettings, UsageSink
-from edgerun.runtime.isolate.protocol import Adopt, Body, Cancel, Head, Spec, Start
+from edgerun.runtime.isolate.protocol import Adopt, Body, Cancel, Head, Spec, Start, geo_fields
 from edgerun.runtime.limits import Usage
 from edgerun.runtime.outcome import Outcome
 
@@ -108,18 +108,7 @@ class IsolatedInvoker:
             request.url,
             request.headers._items,
             request.ip,
-            None
-            if geo is None
-            else [
-                geo.country,
-                geo.region,
-                geo.city,
-                geo.latitude,
-                geo.longitude,
-                geo.timezone,
-                geo.asn,
-                geo.pop,
-            ],
+            geo_fields(geo),
             request_id,
             request.headers.get("traceparent") or "",
             fixed if fixed is not None else b"",

@@ -34,6 +34,8 @@ from typing import Any, Final, TypeAlias
 
 import msgspec
 
+from edgerun.http import Geo
+
 __all__ = [
     "MAX_CONTROL_PACKET",
     "MAX_FRAME",
@@ -69,6 +71,7 @@ __all__ = [
     "encode_control",
     "encode_frame",
     "encode_frames",
+    "geo_fields",
 ]
 
 MAX_FRAME: Final = 64 * 1024 * 1024
@@ -100,6 +103,22 @@ class Start(msgspec.Struct, tag="s", array_like=True, gc=False):
     traceparent: str
     body: bytes
     more: bool
+
+
+def geo_fields(geo: Geo | None) -> list[Any] | None:
+    """``geo`` as the list ``Start.geo`` and ``Adopt.geo`` carry (None stays None)."""
+    if geo is None:
+        return None
+    return [
+        geo.country,
+        geo.region,
+        geo.city,
+        geo.latitude,
+        geo.longitude,
+        geo.timezone,
+        geo.asn,
+        geo.pop,
+    ]
 
 
 class Body(msgspec.Struct, tag="b", array_like=True, gc=False):
