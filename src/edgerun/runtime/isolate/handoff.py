@@ -182,10 +182,6 @@ class DirectHost(Protocol):
         the request (found if not given). Never raises for handler failures."""
         ...
 
-    def metered(self) -> Any:
-        """A fresh CPU meter for a request (its task is created under it)."""
-        ...
-
     def usage_rows(self) -> list[tuple[str, int, float, float, int, int, int, str]]:
         """The usage counted since the last call, as ``Report`` rows."""
         ...

@@ -400,10 +400,6 @@ class _Server(asyncio.Protocol):
 
     # -- directly served requests (handoff.DirectHost) ---------------------------------
 
-    def metered(self) -> cpu.Meter:
-        """A fresh CPU meter for one directly served request."""
-        return cpu.Meter(self.budget_s)
-
     async def handle(
         self,
         request: Request,
