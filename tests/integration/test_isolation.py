@@ -177,25 +177,27 @@ def test_memory_cgroup_bounds_a_worker_with_the_processes_it_starts(tmp_path, ed
     cgroups = MemoryCgroups.detect()
     if cgroups is not None:
         cgroups.close()
+    # One worker: the deployment's cgroup holds 128 MiB + 32 MiB. The worker takes 120
+    # MiB and its child 60: the worker, the larger, is what the OOM killer stops.
+    scaling = "[scaling]\nmax_workers = 1\n"
     limits = "memory_mb = 128\ncpu_ms = 5000\n"
-    p = project(tmp_path, "tree", f"[limits]\n{limits}", app=TREE_HOG)
+    p = project(tmp_path, "tree", f"[limits]\n{limits}{scaling}", app=TREE_HOG)
     node = edgerun_node(p, command="node")
-    r = node.client.get("/", params={"mb": "110", "child_mb": "80"})
+    r = node.client.get("/", params={"mb": "120", "child_mb": "60"})
     if cgroups is None:
         # No memory cgroup on this host: only the per-process rlimit holds, and each
         # process stays under it.
-        assert r.status_code == 200 and r.text == f"{110 * 1024 * 1024} 0"
+        assert r.status_code == 200 and r.text == f"{120 * 1024 * 1024} 0"
     else:
         assert r.status_code == 503 and error_code(r) == "exceeded_memory"
         assert "processes it started" in r.json()["error"]["message"]
     assert node.client.get("/", params={"mb": "1", "child_mb": "1"}).status_code == 200
     # The twin: the same work within a larger budget.
-    big = project(
-        tmp_path / "twin", "tree", "[limits]\nmemory_mb = 512\ncpu_ms = 5000\n", app=TREE_HOG
-    )
+    roomy_toml = f"[limits]\nmemory_mb = 512\ncpu_ms = 5000\n{scaling}"
+    big = project(tmp_path / "twin", "tree", roomy_toml, app=TREE_HOG)
     roomy = edgerun_node(big, command="node")
-    r = roomy.client.get("/", params={"mb": "110", "child_mb": "80"})
-    assert r.status_code == 200 and r.text == f"{110 * 1024 * 1024} 0"
+    r = roomy.client.get("/", params={"mb": "120", "child_mb": "60"})
+    assert r.status_code == 200 and r.text == f"{120 * 1024 * 1024} 0"
 
 
 def test_os_exit_is_502_worker_crashed(tmp_path, edgerun_node):

@@ -148,18 +148,27 @@ class WorkerCgroup:
         Call it after the worker died and before ``remove``. Never raises: an
         unreadable cgroup answers False.
         """
+        return self.oom_kills() > 0
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel's OOM killer killed in this cgroup so far (on
+        kernels that do not count, 1 once the limit was hit). Never raises: 0 when
+        unreadable."""
         try:
             if self._version == 2:
-                return _read_keyed(self.path / "memory.events").get("oom_kill", 0) > 0
-            return self._v1_oom_killed()
+                return _read_keyed(self.path / "memory.events").get("oom_kill", 0)
+            return self._v1_oom_kills()
         except Exception:  # a diagnosis must never take the caller down with it
             log.debug("cannot read OOM state of %s", self.path, exc_info=True)
-            return False
+            return 0
 
-    def _v1_oom_killed(self) -> bool:
+    def _v1_oom_kills(self) -> int:
         oom = _read_keyed(self.path / "memory.oom_control")
         if "oom_kill" in oom:
-            return oom["oom_kill"] > 0
+            return oom["oom_kill"]
+        return int(self._v1_limit_hit())
+
+    def _v1_limit_hit(self) -> bool:
         # Kernels before 4.13 do not count kills. Infer one from the limit having been
         # hit: a charge failed (``failcnt``; with a swap limit equal to the memory
         # limit it is the memory+swap counter that fails first, so either counts) and

@@ -28,7 +28,7 @@ import os
 import signal
 import socket
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -89,11 +89,11 @@ def memory_cgroups() -> MemoryCgroups | None:
     return _cgroups
 
 
-def cgroup_limit_bytes(memory_mb: int) -> int:
-    """A worker's memory cgroup limit: ``memory_mb`` plus room for the pages it copies
-    from the zygote. It bounds the worker with everything it starts (the address-space
-    rlimit bounds each process on its own)."""
-    return (memory_mb + max(32, memory_mb // 4)) * 1024 * 1024
+def cgroup_limit_bytes(memory_mb: int, max_workers: int) -> int:
+    """A deployment's memory cgroup limit: per worker ``memory_mb`` plus room for the
+    pages it copies from the zygote, times ``max_workers``. It bounds the workers with
+    everything they start (the address-space rlimit bounds each process on its own)."""
+    return (memory_mb + max(32, memory_mb // 4)) * max_workers * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +200,6 @@ class WorkerConn(asyncio.Protocol):
         self.idle_progress = -1
         self.queued = 0  # streamed body bytes waiting for clients (backpressure)
         self.reading_paused = False
-        self.cgroup: WorkerCgroup | None = None
         self.calls: dict[int, Call] = {}
         self.inflight = 0
         self.retiring = False
@@ -303,10 +302,11 @@ class WorkerConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._answer_for_direct()
+        # Judged once per death: the OOM killer's count moves on at most once for it.
+        oom = self.pool.oom_struck()
+        self._answer_for_direct(oom)
         self.pool.lost(self)
         culprit = self.killed_for_cpu
-        oom = self.oom_killed()
         for call in list(self.calls.values()):
             if call is culprit:
                 error: BaseException = self.pool.cpu_error()
@@ -446,7 +446,7 @@ class WorkerConn(asyncio.Protocol):
         elif isinstance(message, Retiring):
             self.pool.retire(self, message.why)
 
-    def _answer_for_direct(self) -> None:
+    def _answer_for_direct(self, oom: bool) -> None:
         """The worker is gone: answer, close or take back each connection it held."""
         if self.conns is not None:
             with contextlib.suppress(Exception):
@@ -454,7 +454,6 @@ class WorkerConn(asyncio.Protocol):
         slots = self.slots
         if not self.direct or slots is None:
             return
-        oom = self.oom_killed()
         states = {conn: slots.state(slot) for conn, (_client, slot) in self.direct.items()}
         culprit = None
         if self.killed_for_cpu is None and self.watchdog_killed:
@@ -504,10 +503,6 @@ class WorkerConn(asyncio.Protocol):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(self.pid, signal.SIGKILL)
 
-    def oom_killed(self) -> bool:
-        """Whether the kernel's OOM killer acted in the worker's memory cgroup."""
-        return self.cgroup is not None and self.cgroup.oom_killed()
-
     def cpu_seconds(self) -> float | None:
         """The worker's total CPU time (user + system) from ``/proc``, or None if gone."""
         try:
@@ -538,7 +533,10 @@ class Pool:
         self._watch_s = max(2 * spec.cpu_ms, 20) / 1000
         self._on_change: Callable[[], None] | None = None
         self.usage_sink: UsageSink | None = None
-        self._gone: dict[int, WorkerConn] = {}  # lost workers whose exit is not yet known
+        # The deployment's memory cgroup (its zygote, so every worker and what they
+        # start), and the OOM kills in it already accounted for.
+        self.cgroup: WorkerCgroup | None = None
+        self._ooms_seen = 0
         self._next_conn = 0
         self._flush_seq = 0
 
@@ -550,6 +548,19 @@ class Pool:
             f"{self.spec.cpu_ms}) and did not stop; its worker was killed. Make "
             "it faster or raise [limits] cpu_ms in edgerun.toml",
         )
+
+    def oom_struck(self) -> bool:
+        """Whether the kernel's OOM killer acted in the deployment's cgroup since the
+        last call: a worker dying now was its victim (a child killed under a living
+        worker is counted too, and may be blamed on the next death: a rare miss)."""
+        cgroup = self.cgroup
+        if cgroup is None:
+            return False
+        kills = cgroup.oom_kills()
+        if kills <= self._ooms_seen:
+            return False
+        self._ooms_seen = kills
+        return True
 
     def memory_error(self) -> LimitExceeded:
         """The error of a request whose worker the kernel killed at its memory cgroup
@@ -595,6 +606,7 @@ class Pool:
                 self._zygote_starting = None
             self.zygote = zygote
             _log.info("zygote %d of %s ready", zygote.pid, self.name)
+            await self._limit(zygote)
             starting.set_result(zygote)
             return zygote
         return await asyncio.shield(self._zygote_starting)
@@ -602,12 +614,10 @@ class Pool:
     def _zygote_lost(self) -> None:
         if not self.closing:
             _log.warning("the zygote of %s exited; it is restarted on demand", self.name)
+            self._spawn(self._release_cgroup())
 
     def _worker_exited(self, pid: int, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
-        gone = self._gone.pop(pid, None)
-        if gone is not None:
-            self._drop_cgroup(gone)
         for worker in self.workers:
             if worker.pid == pid:
                 worker.exit_status = code
@@ -745,11 +755,6 @@ class Pool:
             finally:
                 os.close(forked.slots_fd)
             worker = WorkerConn(self, pid, forked.conns, slots)
-            cgroups = memory_cgroups()
-            if cgroups is not None:
-                # Off the cold-start path (a few ms of cgroupfs writes): the worker is
-                # moved in while it serves its first request.
-                self._spawn(self._limit(worker, cgroups))
             forked.data.setblocking(False)
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: worker, sock=forked.data
@@ -824,9 +829,7 @@ class Pool:
             _log.info("pool of %s scaled to zero", self.name)
             if not self.settings.keep_zygote and self.zygote is not None:
                 zygote, self.zygote = self.zygote, None
-                task = asyncio.get_running_loop().create_task(zygote.stop())
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(self._release_cgroup(zygote.stop()))
 
     def retire(self, worker: WorkerConn, why: str) -> None:
         """Send ``worker`` no new requests; close it once its calls are done."""
@@ -844,38 +847,36 @@ class Pool:
         if self.waiters and not self._live() and self.forking == 0:
             self._grow()
 
-    async def _limit(self, worker: WorkerConn, cgroups: MemoryCgroups) -> None:
-        limit = cgroup_limit_bytes(self.spec.memory_mb)
-        cgroup = await asyncio.to_thread(cgroups.limit, self.name, worker.pid, limit)
-        if cgroup is None:
+    async def _limit(self, zygote: ZygoteClient) -> None:
+        """Move a new zygote into the deployment's memory cgroup, where the host has
+        them: its workers are born in it (moving a process costs milliseconds here,
+        far too much for each cold start)."""
+        cgroups = memory_cgroups()
+        if cgroups is None or zygote.pid is None:
             return
-        if worker.closed and worker.exit_status is not None:
-            await asyncio.to_thread(cgroup.remove)  # the worker is already gone
-            return
-        worker.cgroup = cgroup
+        await self._release_cgroup()
+        limit = cgroup_limit_bytes(self.spec.memory_mb, self.settings.max_workers)
+        self.cgroup = await asyncio.to_thread(cgroups.limit, self.name, zygote.pid, limit)
+        self._ooms_seen = 0
+
+    async def _release_cgroup(self, zygote_stopping: Awaitable[None] | None = None) -> None:
+        """The zygote is gone (or ``zygote_stopping``): kill what is left in its cgroup
+        and remove it. The cgroup is taken at once, so a zygote started meanwhile keeps
+        its own."""
+        cgroup, self.cgroup = self.cgroup, None
+        if zygote_stopping is not None:
+            await zygote_stopping
+        if cgroup is not None:
+            cgroup.kill_all()
+            await asyncio.to_thread(cgroup.remove)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _drop_cgroup(self, worker: WorkerConn) -> None:
-        """The worker has exited: kill what it left in its cgroup, remove the cgroup."""
-        cgroup, worker.cgroup = worker.cgroup, None
-        if cgroup is None:
-            return
-        cgroup.kill_all()
-        self._spawn(asyncio.to_thread(cgroup.remove))
-
     def lost(self, worker: WorkerConn) -> None:
         """``worker``'s connection closed (exit, crash, kill): forget it."""
-        if worker.cgroup is not None:
-            # Its crash was judged (OOM or not); the cgroup goes once the process has
-            # exited, which the zygote may report before or after this.
-            if worker.exit_status is not None:
-                self._drop_cgroup(worker)
-            else:
-                self._gone[worker.pid] = worker
         if worker.idle_handle is not None:
             worker.idle_handle.cancel()
             worker.idle_handle = None
@@ -992,13 +993,7 @@ class Pool:
                             await asyncio.sleep(0.02)
             await zygote.stop()
         self.zygote = None
-        # The zygote killed what was left; their exits are no longer reported.
-        for worker in [*self.workers, *self._gone.values()]:
-            cgroup, worker.cgroup = worker.cgroup, None
-            if cgroup is not None:
-                cgroup.kill_all()
-                await asyncio.to_thread(cgroup.remove)
-        self._gone.clear()
+        await self._release_cgroup()
         for task in list(self._tasks):
             task.cancel()
 
