@@ -29,6 +29,7 @@ from edgerun.node.deployment import Deployment
 from edgerun.node.ids import new_request_id
 from edgerun.node.versions import VersionChooser
 from edgerun.runtime.invoke import Invocation
+from edgerun.runtime.isolate.invoker import IsolatedInvoker
 
 __all__ = ["Node"]
 
@@ -74,8 +75,7 @@ class Node:
         self._route_pairs = pairs
         self._route_lists = {}
         self.handoff_possible = any(
-            getattr(getattr(d.invoker, "pool", None), "settings", None) is not None
-            and d.invoker.pool.settings.handoff  # type: ignore[attr-defined]
+            isinstance(d.invoker, IsolatedInvoker) and d.invoker.pool.settings.handoff
             for d in self._deployments.values()
         )
         # Workers holding connections check requests against the old routes: take
