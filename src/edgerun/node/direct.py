@@ -33,7 +33,7 @@ from edgerun.edge.routes import RouteTable
 from edgerun.errors import error_body
 from edgerun.http import Geo, Request, Response
 from edgerun.node.asgi_front import AsgiFront
-from edgerun.node.front import After, host_for_url
+from edgerun.node.front import NODE_PATHS, After, host_for_url
 from edgerun.node.ids import new_request_id
 from edgerun.node.protocol import NodeCycle, NodeHttpToolsProtocol, node_config
 from edgerun.node.versions import VERSION_HEADER
@@ -55,8 +55,7 @@ from edgerun.security.limits import HttpLimits
 __all__ = ["serve_connections"]
 
 _log = logging.getLogger("edgerun.isolate")
-_NODE_PATHS = ("/__edgerun", "/healthz")
-_NODE_PATHS_RAW = tuple(p.encode() for p in _NODE_PATHS)
+_NODE_PATHS_RAW = tuple(p.encode() for p in NODE_PATHS)
 _REPORT_EVERY_S = 1.0
 
 
@@ -332,7 +331,7 @@ class _WorkerProtocol(NodeHttpToolsProtocol):
         return bool(self.conn.routes.match(host, path.decode("latin-1")))
 
     def _serves(self, request: Request) -> bool:
-        if request.path.startswith(_NODE_PATHS) or VERSION_HEADER in request.headers:
+        if request.path.startswith(NODE_PATHS) or VERSION_HEADER in request.headers:
             return False
         return self.conn.all_mine or bool(self.conn.routes.match(request.host, request.path))
 

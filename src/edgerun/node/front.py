@@ -25,6 +25,7 @@ from edgerun.security.limits import BodyMeter, HttpLimits
 __all__ = [
     "FRAMING_HEADERS",
     "FRAMING_SCOPE_KEY",
+    "NODE_PATHS",
     "NO_BODY_STATUSES",
     "After",
     "ChunkSource",
@@ -53,6 +54,10 @@ FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"
 # ASGI scope key under which node.protocol hands the checked head's BodyFraming to
 # node.asgi_front (servers may add keys to a scope; other servers simply lack it).
 FRAMING_SCOPE_KEY = "edgerun.framing"
+
+# Path prefixes the node answers itself (its endpoints, the embedded control API under
+# /__edgerun): a connection whose request starts with one is never handed to a worker.
+NODE_PATHS = ("/__edgerun", "/healthz")
 
 # Statuses that never carry a body (RFC 9110 §6.4.1).
 NO_BODY_STATUSES = frozenset({204, 304})

@@ -17,9 +17,8 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
-from edgerun.control.api import CONTROL_PREFIX
 from edgerun.node.deployment import Deployment
-from edgerun.node.front import host_for_url
+from edgerun.node.front import NODE_PATHS, host_for_url
 from edgerun.node.protocol import NodeHttpToolsProtocol
 from edgerun.runtime.isolate.invoker import IsolatedInvoker
 from edgerun.runtime.isolate.protocol import Adopt, geo_fields
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["NodeHandoff"]
 
 _log = logging.getLogger("edgerun.node")
-_NODE_PATHS = ("/__edgerun", "/healthz", CONTROL_PREFIX)
 
 
 class _Plan:
@@ -62,7 +60,7 @@ class NodeHandoff:
             return None
         # As the dispatcher sees it: the raw path, and the Host (else the server address).
         path = protocol.raw_path().decode("latin-1")
-        if path.startswith(_NODE_PATHS) or protocol.version_header:
+        if path.startswith(NODE_PATHS) or protocol.version_header:
             return None
         hosts = protocol._hosts
         deployment = node.route(host_for_url(hosts[0] if hosts else None, protocol.server), path)
