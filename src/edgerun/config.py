@@ -83,6 +83,7 @@ _LIMIT_BOUNDS: Final[dict[str, tuple[int, int]]] = {
     "wall_ms": (1, 900_000),
     "memory_mb": (16, 65_536),
     "max_concurrency": (1, 10_000),
+    "first_request_cpu_ms": (1, 600_000),
     "max_processes": (1, 4_096),
     "max_disk_mb": (1, 1_048_576),
 }
@@ -144,16 +145,20 @@ class LimitsConfig:
     image it was forked from. Going over one fails the request with ``exceeded_cpu`` /
     ``exceeded_wall`` / ``exceeded_memory``. ``max_concurrency`` (1..10000, default 16)
     is the most requests one worker runs at once; more wait in a bounded queue.
-    ``max_processes`` (1..4096, default 32) bounds the processes and threads a
-    deployment's code may start on top of its zygote and workers (a fork bomb gets
-    ``EAGAIN``); ``max_disk_mb`` (1..1048576, default 1024) bounds any file it writes,
-    its private ``/tmp`` and what its bindings store in its state directory.
+    ``first_request_cpu_ms`` (1..600000, default 1000) is the CPU budget of each
+    worker's first request instead, when larger than ``cpu_ms``: first-use work
+    (imports inside the handler, a TLS context) is paid once per worker and must not
+    fail a request or kill the worker. ``max_processes`` (1..4096, default 32)
+    bounds the processes and threads a deployment's code may start on top of its
+    zygote and workers (a fork bomb gets ``EAGAIN``); ``max_disk_mb`` (1..1048576,
+    default 1024) bounds any file it writes and its private ``/tmp``.
     """
 
     cpu_ms: int = 50
     wall_ms: int = 30_000
     memory_mb: int = 128
     max_concurrency: int = 16
+    first_request_cpu_ms: int = 1000
     max_processes: int = 32
     max_disk_mb: int = 1024
 

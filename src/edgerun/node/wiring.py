@@ -267,4 +267,5 @@ def isolated_spec(
         max_tasks=limits.max_processes + config.scaling.max_workers + 1,
         disk_mb=limits.max_disk_mb,
         network=config.network.outbound != "none",
+        first_cpu_ms=limits.first_request_cpu_ms,
     )

@@ -256,7 +256,8 @@ class Spec(msgspec.Struct, tag="spec", frozen=True):
     milliseconds / MiB as in ``[limits]``; ``max_tasks`` bounds the deployment uid's
     processes and threads (zygote and workers included; None: unbounded),
     ``disk_mb`` any file written and the private ``/tmp``; ``network`` False gives the
-    deployment an empty network namespace.
+    deployment an empty network namespace. ``first_cpu_ms`` is the budget of each
+    worker's first request when larger than ``cpu_ms`` (first-use work).
     """
 
     name: str
@@ -278,6 +279,7 @@ class Spec(msgspec.Struct, tag="spec", frozen=True):
     max_tasks: int | None = None
     disk_mb: int = 1024
     network: bool = True
+    first_cpu_ms: int = 0
 
 
 class Ready(msgspec.Struct, tag="ready", frozen=True):
