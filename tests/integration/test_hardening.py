@@ -102,6 +102,16 @@ async def fetch(request, env, ctx):
             return Response.json({"connected": True})
         except OSError as exc:
             return Response.json({"error": errno.errorcode.get(exc.errno, str(exc))})
+    if path == "/kvfill":
+        stored = 0
+        try:
+            for i in range(int(request.query["n"])):
+                await env.KV.put(f"k{i}", "x" * 65536)
+                stored += 1
+        except Exception as exc:
+            first = await env.KV.get("k0")
+            return Response.json({"stored": stored, "error": str(exc), "first": len(first or "")})
+        return Response.json({"stored": stored, "error": None})
     return Response("ok")
 """
 
@@ -216,3 +226,21 @@ def test_outbound_none_has_no_network_and_all_has(tmp_path, edgerun_node):
         assert opened.client.get("/connect", params={"port": str(port)}).json() == {
             "connected": True
         }
+
+
+KV = '[[kv]]\nbinding = "KV"\n'
+
+
+def test_a_full_kv_file_fails_the_write_clearly_and_keeps_what_it_had(tmp_path, edgerun_node):
+    toml = f"{KV}[limits]\nmax_disk_mb = 1\ncpu_ms = 5000\n"
+    node = edgerun_node(_project(tmp_path, "kvfull", toml), command="node")
+    r = node.client.get("/kvfill", params={"n": "64"}).json()  # 4 MiB into a 1 MiB bound
+    assert 1 <= r["stored"] < 64
+    assert "max_disk_mb" in r["error"] and "full" in r["error"]
+    assert r["first"] == 65536
+
+
+def test_a_raised_max_disk_mb_stores_the_same_values(tmp_path, edgerun_node):
+    toml = f"{KV}[limits]\nmax_disk_mb = 64\ncpu_ms = 5000\n"
+    node = edgerun_node(_project(tmp_path, "kvroom", toml), command="node")
+    assert node.client.get("/kvfill", params={"n": "64"}).json() == {"stored": 64, "error": None}
