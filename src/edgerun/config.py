@@ -71,8 +71,8 @@ Mode: TypeAlias = Literal["isolated", "inprocess"]
 KVBackend: TypeAlias = Literal["sqlite", "memory", "nats"]
 """Where a KV namespace lives: the node's SQLite file, its memory, or NATS JetStream."""
 
-Outbound: TypeAlias = Literal["all", "none"]
-"""What a deployment's code may connect to: anything, or nothing (no network at all)."""
+Outbound: TypeAlias = Literal["public", "all", "none"]
+"""What a deployment's code may connect to: public addresses, anything, or nothing."""
 
 _MIB: Final = 1024 * 1024
 
@@ -113,7 +113,7 @@ _TOP_KEYS: Final = (
     "kv",
     "cache",
 )
-_OUTBOUND: Final[dict[str, Outbound]] = {"all": "all", "none": "none"}
+_OUTBOUND: Final[dict[str, Outbound]] = {"public": "public", "all": "all", "none": "none"}
 _KV_KEYS: Final = ("binding", "namespace", "backend", "stale_if_error")
 _CACHE_KEYS: Final = ("binding", "max_bytes")
 _KV_BACKENDS: Final[dict[str, KVBackend]] = {"sqlite": "sqlite", "memory": "memory", "nats": "nats"}
@@ -167,13 +167,16 @@ class LimitsConfig:
 class NetworkConfig:
     """A deployment's network (``[network]``, isolated mode on a node run as root).
 
-    ``outbound = "all"`` (default) lets its code open connections anywhere;
-    ``"none"`` gives its processes an empty network namespace, where every connect
-    fails (bindings that need the network, such as NATS KV, fail the same way).
+    ``outbound = "public"`` (default) lets its code reach public addresses only:
+    loopback, private, link-local and other special ranges are refused, except the
+    node's DNS resolvers and the servers its bindings use (``node.firewall``);
+    ``"all"`` lets it open connections anywhere (a backend on the LAN); ``"none"``
+    gives its processes an empty network namespace, where every connect fails
+    (bindings that need the network, such as NATS KV, fail the same way).
     Serving sockets (``listen``/``accept``) are refused either way.
     """
 
-    outbound: Outbound = "all"
+    outbound: Outbound = "public"
 
 
 @dataclass(frozen=True, slots=True)

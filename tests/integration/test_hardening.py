@@ -211,21 +211,27 @@ def test_handler_code_cannot_serve_a_socket(tmp_path, edgerun_node):
     assert node.client.get("/listen").json() == {"error": "EPERM"}
 
 
-def test_outbound_none_has_no_network_and_all_has(tmp_path, edgerun_node):
+@pytest.mark.parametrize(
+    ("name", "toml", "expected"),
+    [
+        ("net-default", "", {"error": "EHOSTUNREACH"}),  # the default: public only
+        ("net-public", '[network]\noutbound = "public"\n', {"error": "EHOSTUNREACH"}),
+        ("net-none", '[network]\noutbound = "none"\n', {"error": "ENETUNREACH"}),
+        ("net-all", '[network]\noutbound = "all"\n', {"connected": True}),  # the twin
+    ],
+)
+def test_outbound_rules_from_handler_code(tmp_path, edgerun_node, name, toml, expected):
+    # Loopback stands for the node's own ports and every private range: a connect
+    # to it is refused before any packet leaves (nothing here sends off the machine).
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        closed = edgerun_node(
-            _project(tmp_path, "offline", '[network]\noutbound = "none"\n'), command="node"
-        )
-        r = closed.client.get("/connect", params={"port": str(port)}).json()
-        assert r == {"error": "ENETUNREACH"}
-        # The twin: the default lets the same connect through.
-        opened = edgerun_node(_project(tmp_path, "online"), command="node")
-        assert opened.client.get("/connect", params={"port": str(port)}).json() == {
-            "connected": True
-        }
+        node = edgerun_node(_project(tmp_path, name, toml), command="node")
+        r = node.client.get("/connect", params={"port": str(port)}).json()
+        assert r == expected
+        # The node itself still serves the same loopback connection it always did.
+        assert node.client.get("/").text == "ok"
 
 
 KV = '[[kv]]\nbinding = "KV"\n'

@@ -10,10 +10,10 @@ from edgerun.config import LimitsConfig, NetworkConfig, parse_project
 from edgerun.errors import ConfigError
 
 
-def test_defaults_bound_processes_and_disk_and_allow_the_network():
+def test_defaults_bound_processes_and_disk_and_allow_public_addresses():
     config = parse_project('name = "p"\n')
     assert (config.limits.max_processes, config.limits.max_disk_mb) == (32, 1024)
-    assert config.network == NetworkConfig("all")
+    assert config.network == NetworkConfig("public")
 
 
 def test_all_keys_parse():
@@ -30,7 +30,11 @@ def test_all_keys_parse():
         ("[limits]\nmax_processes = 0\n", 3, "limits.max_processes must be a positive integer"),
         ("[limits]\nmax_processes = 5000\n", 3, "between 1 and 4096 (got 5000)"),
         ("[limits]\nmax_disk_mb = true\n", 3, "limits.max_disk_mb must be a positive integer"),
-        ('[network]\noutbound = "nope"\n', 3, "network.outbound must be one of 'all', 'none'"),
+        (
+            '[network]\noutbound = "nope"\n',
+            3,
+            "network.outbound must be one of 'public', 'all', 'none'",
+        ),
         ('[network]\noutbound = "non"\n', 3, "did you mean 'none'"),
         ("[network]\noutbound = 1\n", 3, "(got 1)"),
         ('[network]\ninbound = "all"\n', 3, "unknown key 'inbound' in [network]"),
@@ -50,7 +54,7 @@ def test_outbound_accepts_exactly_the_documented_values(value):
     try:
         config = parse_project(text)
     except ConfigError as exc:
-        assert value not in ("all", "none")
+        assert value not in ("public", "all", "none")
         assert "network.outbound" in exc.reason or exc.line is not None
     else:
-        assert config.network.outbound == value and value in ("all", "none")
+        assert config.network.outbound == value and value in ("public", "all", "none")
