@@ -30,11 +30,13 @@ import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from edgerun.errors import LimitExceeded, Overloaded, WorkerCrashed
 from edgerun.runtime.isolate.handoff import MAX_CONNS, Client, Slots, send_packet
 from edgerun.runtime.isolate.memcg import MemoryCgroups, WorkerCgroup
+from edgerun.runtime.isolate.pidcg import PidsCgroups
 from edgerun.runtime.isolate.protocol import (
     MAX_CONTROL_PACKET,
     Adopt,
@@ -87,6 +89,21 @@ def memory_cgroups() -> MemoryCgroups | None:
             atexit.register(_cgroups.close)
             _log.info("memory cgroups (v%d) guard each worker", _cgroups.version)
     return _cgroups
+
+
+_pids: PidsCgroups | None = None
+_pids_detected = False
+
+
+def pids_cgroups() -> PidsCgroups | None:
+    """This node's pids cgroup manager, if the host offers one (detected once)."""
+    global _pids, _pids_detected
+    if not _pids_detected:
+        _pids_detected = True
+        _pids = PidsCgroups.detect() if os.geteuid() == 0 else None
+        if _pids is not None:
+            atexit.register(_pids.close)
+    return _pids
 
 
 def cgroup_limit_bytes(memory_mb: int, max_workers: int) -> int:
@@ -538,6 +555,7 @@ class Pool:
         # The deployment's memory cgroup (its zygote, so every worker and what they
         # start), and the OOM kills in it already accounted for.
         self.cgroup: WorkerCgroup | None = None
+        self.pids_cgroup: Path | None = None  # the zygote's, bounding its tasks
         self._ooms_seen = 0
         self._next_conn = 0
         self._flush_seq = 0
@@ -850,16 +868,25 @@ class Pool:
             self._grow()
 
     async def _limit(self, zygote: ZygoteClient) -> None:
-        """Move a new zygote into the deployment's memory cgroup, where the host has
-        them: its workers are born in it (moving a process costs milliseconds here,
-        far too much for each cold start)."""
-        cgroups = memory_cgroups()
-        if cgroups is None or zygote.pid is None:
+        """Move a new zygote into the deployment's memory and pids cgroups, where the
+        host has them: its workers are born in them (moving a process costs
+        milliseconds here, far too much for each cold start)."""
+        if zygote.pid is None:
             return
-        await self._release_cgroup()
-        limit = cgroup_limit_bytes(self.spec.memory_mb, self.settings.max_workers)
-        self.cgroup = await asyncio.to_thread(cgroups.limit, self.name, zygote.pid, limit)
-        self._ooms_seen = 0
+        cgroups = memory_cgroups()
+        if cgroups is not None:
+            await self._release_cgroup()
+            limit = cgroup_limit_bytes(self.spec.memory_mb, self.settings.max_workers)
+            self.cgroup = await asyncio.to_thread(cgroups.limit, self.name, zygote.pid, limit)
+            self._ooms_seen = 0
+        pids = pids_cgroups()
+        if pids is not None and self.spec.max_tasks is not None:
+            old, self.pids_cgroup = self.pids_cgroup, None
+            if old is not None:
+                await asyncio.to_thread(PidsCgroups.remove, old)
+            self.pids_cgroup = await asyncio.to_thread(
+                pids.limit, self.name, zygote.pid, self.spec.max_tasks
+            )
 
     async def _release_cgroup(self, zygote_stopping: Awaitable[None] | None = None) -> None:
         """The zygote is gone (or ``zygote_stopping``): kill what is left in its cgroup
@@ -871,6 +898,9 @@ class Pool:
         if cgroup is not None:
             cgroup.kill_all()
             await asyncio.to_thread(cgroup.remove)
+        pids, self.pids_cgroup = self.pids_cgroup, None
+        if pids is not None:
+            await asyncio.to_thread(PidsCgroups.remove, pids)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
