@@ -11,9 +11,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from edgerun.bindings.cache.entry import Entry, respond
 from edgerun.bindings.cache.headers import (
+    age_seconds,
+    cache_directives,
     delta_seconds,
     field_names,
-    parse_cache_control,
     parse_http_date,
     split_list,
     vary_value,
@@ -137,7 +138,9 @@ class Cache:
     async def put(self, request: Request | str, response: Response) -> None:
         """Store ``response`` under ``request`` (a Request or a URL string meaning GET).
 
-        Raises ``CacheError`` — nothing changes — when the request is not a GET, the
+        The directives come from ``Cloudflare-CDN-Cache-Control``, else
+        ``CDN-Cache-Control``, else ``Cache-Control`` (RFC 9213); ``Age`` is its first
+        value. Raises ``CacheError`` — nothing changes — when the request is not a GET, the
         URL is not absolute http(s), the response is a 206 or carries ``Vary: *``, or
         its streamed body was already consumed. Otherwise whatever was stored for the
         URL is replaced, and the new response is silently not stored (as Workers does,
@@ -148,6 +151,8 @@ class Cache:
         - it has ``Set-Cookie`` and no ``private=Set-Cookie`` (with it, the response
           is stored without its ``Set-Cookie``; any field named by a qualified
           ``private`` or ``no-cache`` is stripped the same way);
+        - the request carries ``Authorization`` and the response has none of
+          ``public``, ``s-maxage`` or ``must-revalidate`` (RFC 9111 §3.5);
         - it has no explicit lifetime (``s-maxage``, else ``max-age``, else ``Expires``
           minus ``Date``): unlike Cloudflare there are no per-status default TTLs, and
           an invalid value counts as already stale;
@@ -174,9 +179,9 @@ class Cache:
                 f"cannot cache the response for {key}: its streamed body was already read"
             )
 
-        stripped = self._storable(response)
+        stripped = self._storable(response, authorized="authorization" in request_headers)
         lifetime = None if stripped is None else self._lifetime(response.headers)
-        initial_age = delta_seconds(response.headers.get("age"))
+        initial_age = age_seconds(response.headers.getlist("age"))
         if stripped is None or lifetime is None or lifetime <= initial_age:
             self._remove(key)
             return
@@ -296,12 +301,18 @@ class Cache:
         return tuple(names)
 
     @staticmethod
-    def _storable(response: Response) -> frozenset[str] | None:
-        """The header names to strip before storing, or None if it must not be stored."""
+    def _storable(response: Response, *, authorized: bool) -> frozenset[str] | None:
+        """The header names to strip before storing, or None if it must not be stored.
+
+        ``authorized``: the request carried ``Authorization``, so (RFC 9111 §3.5) the
+        response is shared only when it says so with public, s-maxage or must-revalidate.
+        """
         if response.status == 304:
             return None
-        directives = parse_cache_control(", ".join(response.headers.getlist("cache-control")))
+        directives = cache_directives(response.headers)
         if "no-store" in directives:
+            return None
+        if authorized and not {"public", "s-maxage", "must-revalidate"} & directives.keys():
             return None
         private = field_names(directives.get("private")) if "private" in directives else None
         no_cache = field_names(directives.get("no-cache")) if "no-cache" in directives else None
@@ -317,7 +328,7 @@ class Cache:
 
     def _lifetime(self, headers: Headers) -> float | None:
         """Freshness lifetime in seconds, or None when the response gives none."""
-        directives = parse_cache_control(", ".join(headers.getlist("cache-control")))
+        directives = cache_directives(headers)
         if "s-maxage" in directives:
             return delta_seconds(directives["s-maxage"])
         if "max-age" in directives:
