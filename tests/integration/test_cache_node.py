@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import textwrap
 from pathlib import Path
@@ -30,6 +31,12 @@ async def fetch(request, env, ctx):
         return Response(str(os.getpid()))
     if request.path == "/exit":
         os._exit(1)
+    if request.path == "/held-match":
+        # Occupies this worker until the client sends the body, then reads the cache.
+        await request.body()
+        hit = await caches.default.match("https://c.test/item")
+        text = "miss" if hit is None else await hit.text()
+        return Response.json({"pid": os.getpid(), "cached": text})
     if request.path == "/echo":
         return Response(await request.body())
     return Response("ok")
@@ -94,3 +101,36 @@ def test_expect_100_continue_gets_an_interim_response(tmp_path, edgerun_node, wo
             assert chunk, rest
             rest += chunk
     assert rest.startswith(b"HTTP/1.1 200"), rest
+
+
+def test_a_put_in_one_worker_is_a_hit_in_its_replacement(tmp_path, edgerun_node):
+    node = edgerun_node(project(tmp_path, "[scaling]\nmax_workers = 1\n"), command="node")
+    r = node.client.get("/put", headers={"host": "c.test"})
+    putter = r.text
+    assert node.client.get("/exit").status_code == 502  # the only worker dies
+    hit = node.client.get("/match")
+    assert hit.status_code == 200
+    assert hit.text == f"stored by {putter}"
+    assert node.client.get("/pid").text != putter  # served by the replacement
+
+
+def test_a_put_in_one_worker_is_a_hit_in_another(tmp_path, edgerun_node):
+    toml = (
+        "[limits]\nmax_concurrency = 1\n"
+        "[scaling]\ntarget_concurrency = 1\nmin_workers = 2\nmax_workers = 2\n"
+    )
+    node = edgerun_node(project(tmp_path, toml), command="node")
+    with connect(node.url) as held:
+        # This request occupies one worker (it waits for its body)...
+        held.sendall(b"POST /held-match HTTP/1.1\r\nhost: c.test\r\ncontent-length: 1\r\n\r\n")
+        # ...so the put, at one request per worker, is served by the other one.
+        putter = node.client.get("/put").text
+        held.sendall(b"x")
+        data = b""
+        while b"}" not in data:
+            chunk = held.recv(4096)
+            assert chunk, data
+            data += chunk
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    assert body["pid"] != int(putter)
+    assert body["cached"] == f"stored by {putter}"

@@ -5,7 +5,6 @@ The public names are re-exported by ``edgerun.bindings.cache``; see its docstrin
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,6 +18,7 @@ from edgerun.bindings.cache.headers import (
     split_list,
     vary_value,
 )
+from edgerun.bindings.cache.store import CacheStore, MemoryCacheStore
 from edgerun.clock import Clock, SystemClock
 from edgerun.errors import CacheError
 from edgerun.http import Headers, Request, Response
@@ -90,11 +90,14 @@ class CacheStats:
 class Cache:
     """An in-memory HTTP cache of GET responses keyed by URL, bounded by bytes.
 
-    ``Cache(name="default", *, max_bytes=64 MiB, clock=None)``. ``max_bytes`` bounds the
+    ``Cache(name="default", *, max_bytes=64 MiB, clock=None, store=None)``. ``max_bytes`` bounds the
     sum of every entry's size (body + header names and values + URL + the stored Vary
     values); storing past it evicts least recently used entries (a ``match`` hit counts
     as a use). Each cache holds at most one response per URL; ``name`` is the name it
     was opened under. Raises ``ValueError`` if ``max_bytes`` is not a positive int.
+    ``store`` holds the entries: by default a private in-memory one; a
+    ``SqliteCacheStore`` shares them with every process opening the same file (the
+    workers of one deployment), with LRU and the byte bound across all of them.
     Not thread-safe: use it from one event loop.
     """
 
@@ -104,14 +107,14 @@ class Cache:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Clock | None = None,
+        store: CacheStore | None = None,
     ) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
             raise ValueError(f"Cache max_bytes must be a positive int, got {max_bytes!r}")
         self.name = name
         self._max_bytes = max_bytes
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._entries: OrderedDict[str, Entry] = OrderedDict()  # LRU first, MRU last
-        self._bytes = 0
+        self._store: CacheStore = store if store is not None else MemoryCacheStore()
         self._hits = 0
         self._misses = 0
         self._evictions = 0
@@ -123,17 +126,19 @@ class Cache:
 
     @property
     def stats(self) -> CacheStats:
-        """Current counters (see ``CacheStats``)."""
+        """Current counters (see ``CacheStats``); entries and bytes are the store's."""
+        entries, size = self._store.usage(self.name)
         return CacheStats(
             hits=self._hits,
             misses=self._misses,
-            entries=len(self._entries),
-            bytes=self._bytes,
+            entries=entries,
+            bytes=size,
             evictions=self._evictions,
         )
 
     def __repr__(self) -> str:
-        return f"<Cache {self.name!r} entries={len(self._entries)} bytes={self._bytes}>"
+        entries, size = self._store.usage(self.name)
+        return f"<Cache {self.name!r} entries={entries} bytes={size}>"
 
     async def put(self, request: Request | str, response: Response) -> None:
         """Store ``response`` under ``request`` (a Request or a URL string meaning GET).
@@ -206,22 +211,18 @@ class Cache:
             headers=tuple(headers),
             body=body,
             vary=vary,
-            stored_at=self._clock.monotonic(),
+            # Wall-clock: a shared store is read by other processes, and after restarts.
+            stored_at=self._clock.time(),
             initial_age=initial_age,
             lifetime=lifetime,
             size=size,
             etag=response.headers.get("etag"),
             last_modified=parse_http_date(response.headers.get("last-modified")),
         )
-        self._remove(key)
         if size > self._max_bytes:
+            self._remove(key)
             return
-        while self._entries and self._bytes + size > self._max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.size
-            self._evictions += 1
-        self._entries[key] = entry
-        self._bytes += size
+        self._evictions += self._store.put(self.name, key, entry, self._max_bytes)
 
     async def match(
         self, request: Request | str, *, ignore_method: bool = False
@@ -243,11 +244,11 @@ class Cache:
         Raises ``CacheError`` for a URL that is not absolute http(s).
         """
         key, method, headers = _cache_key(request)
-        entry = None if method != "GET" and not ignore_method else self._entries.get(key)
+        entry = None if method != "GET" and not ignore_method else self._store.get(self.name, key)
         if entry is None:
             self._misses += 1
             return None
-        age = entry.age(self._clock.monotonic())
+        age = entry.age(self._clock.time())
         if age >= entry.lifetime:
             self._remove(key)
             self._misses += 1
@@ -255,7 +256,6 @@ class Cache:
         if any(vary_value(headers, name) != value for name, value in entry.vary):
             self._misses += 1
             return None
-        self._entries.move_to_end(key)
         self._hits += 1
         return respond(entry, headers, int(age))
 
@@ -270,20 +270,20 @@ class Cache:
         if method != "GET" and not ignore_method:
             return False
         entry = self._remove(key)
-        return entry is not None and entry.age(self._clock.monotonic()) < entry.lifetime
+        return entry is not None and entry.age(self._clock.time()) < entry.lifetime
 
     async def close(self) -> None:
-        """Drop every entry (idempotent); the cache stays usable and keeps its counters."""
-        self._entries.clear()
-        self._bytes = 0
+        """Done with the cache (idempotent); it stays usable and keeps its counters.
+
+        A private in-memory store drops every entry; a shared store keeps them for the
+        other processes using it.
+        """
+        self._store.release(self.name)
 
     # --- internals ---
 
     def _remove(self, key: str) -> Entry | None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._bytes -= entry.size
-        return entry
+        return self._store.remove(self.name, key)
 
     @staticmethod
     def _vary_names(headers: Headers, key: str) -> tuple[str, ...]:
@@ -346,17 +346,36 @@ class Cache:
 class CacheStorage:
     """The ``caches`` object: ``caches.default`` and ``await caches.open(name)``.
 
-    Every cache gets its own ``max_bytes`` bound and shares the injected clock.
+    Every cache gets its own ``max_bytes`` bound and shares the injected clock and
+    ``store`` (default: one private in-memory store).
     ``open`` returns the same ``Cache`` for the same name. As in Workers, the name
     ``"default"`` is reserved for ``caches.default``; names are non-empty strings of at
     most ``MAX_CACHE_NAME_LENGTH`` characters, else ``CacheError``.
     """
 
-    def __init__(self, *, max_bytes: int = DEFAULT_MAX_BYTES, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        clock: Clock | None = None,
+        store: CacheStore | None = None,
+    ) -> None:
         self._max_bytes = max_bytes
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._default = Cache("default", max_bytes=max_bytes, clock=self._clock)
+        self._store: CacheStore = store if store is not None else MemoryCacheStore()
+        self._default = Cache("default", max_bytes=max_bytes, clock=self._clock, store=self._store)
         self._named: dict[str, Cache] = {}
+
+    def use_store(self, store: CacheStore) -> None:
+        """Keep every cache of this storage (open ones too) in ``store`` from now on.
+
+        For a process that learns where its shared store is after user code may have
+        taken ``caches.default`` (a worker forked from a zygote that imported it);
+        entries stored before are left behind.
+        """
+        self._store = store
+        for cache in (self._default, *self._named.values()):
+            cache._store = store
 
     @property
     def default(self) -> Cache:
@@ -375,7 +394,9 @@ class CacheStorage:
             )
         cache = self._named.get(name)
         if cache is None:
-            cache = self._named[name] = Cache(name, max_bytes=self._max_bytes, clock=self._clock)
+            cache = self._named[name] = Cache(
+                name, max_bytes=self._max_bytes, clock=self._clock, store=self._store
+            )
         return cache
 
     async def close(self) -> None:
