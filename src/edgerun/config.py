@@ -50,6 +50,8 @@ __all__ = [
     "KVConfig",
     "LimitsConfig",
     "Mode",
+    "NetworkConfig",
+    "Outbound",
     "ProjectConfig",
     "ScalingConfig",
     "VarValue",
@@ -69,6 +71,9 @@ Mode: TypeAlias = Literal["isolated", "inprocess"]
 KVBackend: TypeAlias = Literal["sqlite", "memory", "nats"]
 """Where a KV namespace lives: the node's SQLite file, its memory, or NATS JetStream."""
 
+Outbound: TypeAlias = Literal["public", "all", "none"]
+"""What a deployment's code may connect to: public addresses, anything, or nothing."""
+
 _MIB: Final = 1024 * 1024
 
 # Inclusive bounds for [limits]; a value outside is almost always a unit mistake
@@ -78,6 +83,9 @@ _LIMIT_BOUNDS: Final[dict[str, tuple[int, int]]] = {
     "wall_ms": (1, 900_000),
     "memory_mb": (16, 65_536),
     "max_concurrency": (1, 10_000),
+    "first_request_cpu_ms": (1, 600_000),
+    "max_processes": (1, 4_096),
+    "max_disk_mb": (1, 1_048_576),
 }
 # [scaling]: integer keys with their bounds; idle_s (a number) and keep_zygote (a
 # bool) are checked on their own.
@@ -93,7 +101,19 @@ _DEFAULT_CACHE_BYTES: Final = 64 * _MIB
 _CACHE_MAX_BYTES_BOUNDS: Final = (1, 64 * 1024 * _MIB)
 _VAR_MAX_DEPTH: Final = 32
 
-_TOP_KEYS: Final = ("name", "main", "mode", "routes", "limits", "scaling", "vars", "kv", "cache")
+_TOP_KEYS: Final = (
+    "name",
+    "main",
+    "mode",
+    "routes",
+    "limits",
+    "scaling",
+    "network",
+    "vars",
+    "kv",
+    "cache",
+)
+_OUTBOUND: Final[dict[str, Outbound]] = {"public": "public", "all": "all", "none": "none"}
 _KV_KEYS: Final = ("binding", "namespace", "backend", "stale_if_error")
 _CACHE_KEYS: Final = ("binding", "max_bytes")
 _KV_BACKENDS: Final[dict[str, KVBackend]] = {"sqlite": "sqlite", "memory": "memory", "nats": "nats"}
@@ -125,12 +145,38 @@ class LimitsConfig:
     image it was forked from. Going over one fails the request with ``exceeded_cpu`` /
     ``exceeded_wall`` / ``exceeded_memory``. ``max_concurrency`` (1..10000, default 16)
     is the most requests one worker runs at once; more wait in a bounded queue.
+    ``first_request_cpu_ms`` (1..600000, default 1000) is the CPU budget of each
+    worker's first request instead, when larger than ``cpu_ms``: first-use work
+    (imports inside the handler, a TLS context) is paid once per worker and must not
+    fail a request or kill the worker. ``max_processes`` (1..4096, default 32)
+    bounds the processes and threads a deployment's code may start on top of its
+    zygote and workers (a fork bomb gets ``EAGAIN``); ``max_disk_mb`` (1..1048576,
+    default 1024) bounds any file it writes and its private ``/tmp``.
     """
 
     cpu_ms: int = 50
     wall_ms: int = 30_000
     memory_mb: int = 128
     max_concurrency: int = 16
+    first_request_cpu_ms: int = 1000
+    max_processes: int = 32
+    max_disk_mb: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    """A deployment's network (``[network]``, isolated mode on a node run as root).
+
+    ``outbound = "public"`` (default) lets its code reach public addresses only:
+    loopback, private, link-local and other special ranges are refused, except the
+    node's DNS resolvers and the servers its bindings use (``node.firewall``);
+    ``"all"`` lets it open connections anywhere (a backend on the LAN); ``"none"``
+    gives its processes an empty network namespace, where every connect fails
+    (bindings that need the network, such as NATS KV, fail the same way).
+    Serving sockets (``listen``/``accept``) are refused either way.
+    """
+
+    outbound: Outbound = "public"
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +258,7 @@ class ProjectConfig:
     limits: LimitsConfig = LimitsConfig()
     mode: Mode = "isolated"
     scaling: ScalingConfig = ScalingConfig()
+    network: NetworkConfig = NetworkConfig()
     vars: Mapping[str, VarValue] = field(default_factory=_empty_vars, hash=False)
     kv: tuple[KVConfig, ...] = ()
     cache: tuple[CacheConfig, ...] = ()
@@ -420,6 +467,7 @@ class _Checker:
                 f"limits.max_concurrency ({limits.max_concurrency}): a worker would never "
                 "be busy enough to grow the pool; lower one or raise the other",
             )
+        network = self.network(data["network"]) if "network" in data else NetworkConfig()
         vars_ = self.vars(data["vars"]) if "vars" in data else {}
         kv = self.kv(data["kv"]) if "kv" in data else ()
         cache = self.cache(data["cache"]) if "cache" in data else ()
@@ -431,6 +479,7 @@ class _Checker:
             limits=limits,
             mode=mode,
             scaling=scaling,
+            network=network,
             vars=MappingProxyType(vars_),
             kv=kv,
             cache=cache,
@@ -709,6 +758,22 @@ class _Checker:
                 )
             )
         return tuple(out)
+
+    def network(self, value: object) -> NetworkConfig:
+        data = self.table(value, ("network",), "[network]")
+        self.unknown_keys(data, ("network",), "[network]", ("outbound",))
+        if "outbound" not in data:
+            return NetworkConfig()
+        outbound = data["outbound"]
+        choices = tuple(_OUTBOUND)
+        if not isinstance(outbound, str) or outbound not in _OUTBOUND:
+            extra = _suggest(outbound, choices) if isinstance(outbound, str) else ""
+            self.fail(
+                ("network", "outbound"),
+                f"network.outbound must be one of {', '.join(map(repr, choices))} "
+                f"(got {_show(outbound)})" + extra,
+            )
+        return NetworkConfig(outbound=_OUTBOUND[outbound])
 
     def cache(self, value: object) -> tuple[CacheConfig, ...]:
         out: list[CacheConfig] = []

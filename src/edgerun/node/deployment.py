@@ -19,7 +19,7 @@ from edgerun.bindings.base import Binding, close_all
 from edgerun.clock import Clock, SystemClock
 from edgerun.config import ProjectConfig
 from edgerun.control.secrets import SecretStore
-from edgerun.node import wiring
+from edgerun.node import firewall, wiring
 from edgerun.node.state import StateDir
 from edgerun.runtime.env import Env
 from edgerun.runtime.invoke import InProcessInvoker, Invoker
@@ -79,6 +79,12 @@ class Deployment:
             spec = wiring.isolated_spec(
                 config, state.path, SecretStore(state.path).load(), debug=debug, nats_url=nats_url
             )
+            if spec.uid is not None:
+                # Before the zygote starts: its first line of user code is confined too.
+                urls = [str(b.options["url"]) for b in spec.bindings if b.options.get("url")]
+                await asyncio.to_thread(
+                    firewall.apply_outbound, spec.uid, config.network.outbound, urls
+                )
             isolated = IsolatedInvoker(
                 spec,
                 wiring.pool_settings(config),

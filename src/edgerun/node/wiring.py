@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import edgerun
 from edgerun.bindings.base import Binding, open_all
 from edgerun.bindings.cache import CACHE_FILENAME, Cache, SqliteCacheStore
 from edgerun.bindings.kv import open_kv
@@ -50,8 +51,9 @@ KV_FILENAME = "kv.sqlite3"
 UID_BASE = 200_000
 """Deployment uids are ``UID_BASE + crc32(name) % UID_SPAN``: above any system account."""
 _UID_SPAN = 1_000_000
-# What a worker's environment keeps from the node's, besides [vars]-free basics.
-_KEEP_ENV = ("PATH", "LANG", "TZ", "PYTHONHASHSEED")
+# A deployment's processes get no variable of the node's (it may hold the node's
+# control-plane token or cloud credentials): only these, then its own [vars].
+_BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Not copied into the staged code: state, caches and VCS data.
 _SKIP = shutil.ignore_patterns(
     ".edgerun",
@@ -189,9 +191,22 @@ def pool_settings(config: ProjectConfig) -> PoolSettings:
 
 
 def _environ(config: ProjectConfig, state_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV or k.startswith("LC_")}
-    env.setdefault("PATH", "/usr/bin:/bin")
-    env["HOME"] = str(state_dir)
+    """The whole environment of a deployment's zygote and workers, from its config alone.
+
+    It is also the environment the zygote is *started* with, so ``/proc/<pid>/environ``
+    shows nothing else. ``PYTHONPATH`` is set only when the node found edgerun
+    through its own ``PYTHONPATH`` (a source checkout), and then names that one entry.
+    """
+    env = {
+        "PATH": f"{os.path.dirname(sys.executable)}:{_BASE_PATH}",
+        "LANG": "C.UTF-8",
+        "HOME": str(state_dir),
+        "TMPDIR": "/tmp",
+    }
+    here = Path(edgerun.__file__).resolve().parent.parent
+    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        if entry and Path(entry).resolve() == here:
+            env["PYTHONPATH"] = str(here)
     for name, value in config.vars.items():
         if isinstance(value, str):
             env[name] = value
@@ -271,4 +286,9 @@ def isolated_spec(
         uid=uid,
         gid=uid,
         debug=debug,
+        # The zygote and every worker count against the uid's task limit too.
+        max_tasks=limits.max_processes + config.scaling.max_workers + 1,
+        disk_mb=limits.max_disk_mb,
+        network=config.network.outbound != "none",
+        first_cpu_ms=limits.first_request_cpu_ms,
     )

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import sqlite3
 from collections.abc import Sequence
 from typing import Final, cast
@@ -100,6 +101,8 @@ _SWEEP: Final = (
     "LIMIT ?)"
 )
 
+# SQLITE_FULL: the disk, or the file-size limit, refused a write.
+_SQLITE_FULL: Final = sqlite3.SQLITE_FULL
 # Primary result codes meaning "the store is there but cannot serve right now".
 _TRANSIENT: Final = frozenset(
     {
@@ -122,10 +125,35 @@ def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
+        _bound_to_file_size_limit(conn)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _file_size_limited() -> bool:
+    return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+
+
+def _bound_to_file_size_limit(conn: sqlite3.Connection) -> None:
+    """Keep the database file under this process's ``RLIMIT_FSIZE``, if it has one.
+
+    An isolated worker runs under ``[limits] max_disk_mb`` as a file-size limit; a
+    write past it would fail deep in SQLite as a disk I/O error. Capping the page
+    count just below makes SQLite refuse the write itself with ``SQLITE_FULL`` and
+    keep the file intact.
+    """
+    limit, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit == resource.RLIM_INFINITY:
+        return
+    (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    # Room for one more page in flight and the file header.
+    pages = max(1, limit // page_size - 2)
+    conn.execute(f"PRAGMA max_page_count = {int(pages)}")
+    # The write-ahead log is a file too: checkpoint (and so rewind it) long before it
+    # could reach the limit.
+    conn.execute(f"PRAGMA wal_autocheckpoint = {max(1, int(pages) // 4)}")
 
 
 def _init_schema(conn: sqlite3.Connection, path: str) -> None:
@@ -210,6 +238,13 @@ class SqliteKVBackend:
         if self._closed:
             return KVError(f"{where} is closed")
         code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF == _SQLITE_FULL and _file_size_limited():
+            # In an isolated worker, RLIMIT_FSIZE ([limits] max_disk_mb) bounds the file:
+            # retrying will not help, deleting or raising the limit will.
+            return KVError(
+                f"{where} is full ({exc}): the deployment's files are bounded by "
+                "[limits] max_disk_mb; delete keys or raise it in edgerun.toml"
+            )
         if code is not None and code & 0xFF in _TRANSIENT:
             return KVUnavailable(f"{where} is unavailable: {exc}; retry later")
         return KVError(f"{where} failed: {exc}")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 __all__ = [
+    "apply_deployment_rlimits",
     "apply_worker_rlimits",
     "blocking_directory",
     "close_inherited_fds",
@@ -90,10 +91,13 @@ def pin_import_paths() -> None:
 def drop_privileges(uid: int, gid: int) -> None:
     """Become ``uid``/``gid`` with no supplementary groups, irreversibly.
 
-    The process is marked dumpable again afterwards (the kernel clears that flag on a
-    uid change), or ``/proc/self`` would belong to root and the paths pinned by
-    ``pin_import_paths`` would be unreachable; core dumps stay off (RLIMIT_CORE = 0).
-    Raises ``PermissionError`` when not privileged enough.
+    The process stays non-dumpable (the kernel clears that flag on a uid change): its
+    memory and ``/proc`` files stay root's, even to its own siblings. Only when
+    ``pin_import_paths`` pinned directories is it marked dumpable again, because
+    ``/proc/self/fd`` of a non-dumpable process is unreachable to it; the seccomp
+    filter (``confine``) still refuses ``ptrace`` and ``process_vm_readv`` then, and
+    core dumps stay off (RLIMIT_CORE = 0). Raises ``PermissionError`` when not
+    privileged enough.
     """
     import ctypes  # imported before the drop: the standard library may be unreachable after
 
@@ -104,7 +108,7 @@ def drop_privileges(uid: int, gid: int) -> None:
     if os.getuid() != uid or os.geteuid() != uid:
         raise PermissionError(f"could not drop privileges to uid {uid}")
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
+    libc.prctl(_PR_SET_DUMPABLE, 1 if _PINNED_FDS else 0, 0, 0, 0)
 
 
 def close_inherited_fds(keep: set[int]) -> None:
@@ -123,6 +127,20 @@ def close_inherited_fds(keep: set[int]) -> None:
         if fd not in keep:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def apply_deployment_rlimits(*, max_tasks: int | None, file_bytes: int) -> None:
+    """Limits the zygote sets for itself and so for every worker and child it forks.
+
+    ``max_tasks``: ``RLIMIT_NPROC``, the processes and threads the (deployment's own)
+    real uid may have at once; a fork or thread past it fails with ``EAGAIN`` (None:
+    leave it, as when workers keep the node's uid and the count would be the node's).
+    ``file_bytes``: ``RLIMIT_FSIZE``, the largest file any of them may write; a write
+    past it fails with ``EFBIG`` (Python ignores ``SIGXFSZ``).
+    """
+    if max_tasks is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (max_tasks, max_tasks))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
 
 
 def _address_space_bytes() -> int:

@@ -208,6 +208,7 @@ class WorkerConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.next_id = 0
         self.frames = 0  # frames received: the watchdog's sign of progress
+        self.completed = 0  # proxied requests finished: until one is, the first's budget
         self.idle_handle: asyncio.TimerHandle | None = None
         self.exit_status: int | None = None
         self.killed_for_cpu: Call | None = None
@@ -246,6 +247,7 @@ class WorkerConn(asyncio.Protocol):
         """End ``call`` (with ``error``, or as completed) and free its slot; idempotent."""
         if self.calls.pop(call.id, None) is None:
             return
+        self.completed += 1
         if error is not None:
             call.fail(error)
         elif not call.finished.done():
@@ -898,6 +900,7 @@ class Pool:
         self._watchdog = None
         busy = False
         limit_s = self.spec.cpu_ms / 1000
+        first_s = max(self.spec.cpu_ms, self.spec.first_cpu_ms) / 1000
         for worker in list(self.workers):
             slots = worker.slots
             direct_busy = bool(worker.direct) and slots is not None and slots.busy > 0
@@ -920,7 +923,12 @@ class Pool:
                 worker.stuck_cpu = 0.0
             worker.watch_cpu = now
             worker.watch_frames = frames
-            if worker.stuck_cpu > 2 * limit_s and not worker.watchdog_killed:
+            # A worker's first request has the larger first-request budget.
+            fresh = worker.completed == 0 and (slots is None or slots.progress == 0)
+            if (
+                worker.stuck_cpu > 2 * (first_s if fresh else limit_s)
+                and not worker.watchdog_killed
+            ):
                 worker.watchdog_killed = True
                 culprit = (
                     min(worker.calls.values(), key=lambda c: c.started) if worker.calls else None

@@ -253,7 +253,11 @@ class Spec(msgspec.Struct, tag="spec", frozen=True):
     environment user code sees. ``vars``/``secrets``: ``env`` values (secrets travel
     here, never through a file the worker could read). ``uid``/``gid``: the identity
     to drop to before any user code runs (None: keep the current one). Limits are in
-    milliseconds / MiB as in ``[limits]``.
+    milliseconds / MiB as in ``[limits]``; ``max_tasks`` bounds the deployment uid's
+    processes and threads (zygote and workers included; None: unbounded),
+    ``disk_mb`` any file written and the private ``/tmp``; ``network`` False gives the
+    deployment an empty network namespace. ``first_cpu_ms`` is the budget of each
+    worker's first request when larger than ``cpu_ms`` (first-use work).
     """
 
     name: str
@@ -272,6 +276,10 @@ class Spec(msgspec.Struct, tag="spec", frozen=True):
     gid: int | None = None
     debug: bool = False
     nofile: int = 1024
+    max_tasks: int | None = None
+    disk_mb: int = 1024
+    network: bool = True
+    first_cpu_ms: int = 0
 
 
 class Ready(msgspec.Struct, tag="ready", frozen=True):

@@ -116,6 +116,19 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def cpu_exceeded_message(spec: Spec, budget_s: float) -> str:
+    """What an ``exceeded_cpu`` error says: the budget that applied and the setting
+    that raises it (a worker's first request has its own, ``first_request_cpu_ms``)."""
+    if budget_s * 1000 > spec.cpu_ms:
+        setting = "first_request_cpu_ms"
+        used = f"the first request of a worker used more than its CPU time limit ({setting} = "
+        used += f"{round(budget_s * 1000)})"
+    else:
+        setting = "cpu_ms"
+        used = f"the request used more than its CPU time limit (cpu_ms = {spec.cpu_ms})"
+    return f"{used}; make it faster or raise [limits] {setting} in edgerun.toml"
+
+
 class _Call:
     """One request in this worker."""
 
@@ -138,6 +151,9 @@ class _Server(asyncio.Protocol):
         self.open_bindings = open_bindings
         self.handler = entry.handler
         self.budget_s = spec.cpu_ms / 1000
+        # The first request this worker starts pays its first-use costs (lazy imports,
+        # TLS contexts) and gets the larger budget; every later one gets cpu_ms.
+        self.first_budget_s: float | None = max(spec.cpu_ms, spec.first_cpu_ms) / 1000
         self.wall_s = spec.wall_ms / 1000
         self.as_limit = limit
         self.env: Env | None = None
@@ -236,7 +252,7 @@ class _Server(asyncio.Protocol):
 
     def _on_message(self, message: DataMessage) -> None:
         if isinstance(message, Start):
-            call = _Call(message.id, self.budget_s)
+            call = _Call(message.id, self._next_budget())
             if message.more:
                 call.body = asyncio.Queue()
                 if message.body:
@@ -329,6 +345,11 @@ class _Server(asyncio.Protocol):
             raise cpu.CpuExceeded()
         return response
 
+    def _next_budget(self) -> float:
+        """The CPU budget (seconds) of the request starting now; see ``first_budget_s``."""
+        first, self.first_budget_s = self.first_budget_s, None
+        return self.budget_s if first is None else first
+
     def _failure(
         self, exc: BaseException, meter: cpu.Meter, rid: str
     ) -> tuple[Response, BaseException]:
@@ -337,12 +358,7 @@ class _Server(asyncio.Protocol):
         if isinstance(exc, cpu.CpuExceeded) or meter.exceeded:
             cpu.disarm()
             meter.exceeded = True  # the step has not returned yet to record it
-            error = LimitExceeded(
-                "cpu",
-                f"the request used more than its CPU time limit (cpu_ms = "
-                f"{self.spec.cpu_ms}); make it faster or raise [limits] cpu_ms in "
-                "edgerun.toml",
-            )
+            error = LimitExceeded("cpu", cpu_exceeded_message(self.spec, meter.budget_s))
         elif isinstance(exc, MemoryError) or meter.memory:
             meter.memory = True
             error = LimitExceeded(
@@ -414,7 +430,7 @@ class _Server(asyncio.Protocol):
         """
         # Only the handler's own steps are metered here (the HTTP work around it is the
         # node's protocol); tasks it starts inherit the meter through the context.
-        meter = cpu.Meter(self.budget_s)
+        meter = cpu.Meter(self._next_budget())
         cpu.current_meter.set(meter)
         started = _monotonic()
         ctx = Context(request_id)

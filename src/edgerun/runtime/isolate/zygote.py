@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from edgerun.errors import EntrypointError
-from edgerun.runtime.isolate import harden
+from edgerun.runtime.isolate import confine, harden
 from edgerun.runtime.isolate.handoff import SLOTS_BYTES, ServeConnections
 from edgerun.runtime.isolate.protocol import (
     MAX_CONTROL_PACKET,
@@ -57,12 +57,30 @@ def _send(control: socket.socket, message: ControlMessage) -> None:
 
 
 def _prepare(spec: Spec) -> Entry:
-    """Become the deployment: environment, directory, identity; then import its code."""
+    """Become the deployment: environment, namespaces, directory, limits, identity,
+    syscall filter; then import its code. Every step that confines happens before the
+    first line of user code runs (its top-level code runs here)."""
     harden.scrub_environ(spec.environ)
     os.umask(0o077)
+    if os.geteuid() == 0:
+        # Needs root, so before the drop; a host that refuses namespaces (a container
+        # without CAP_SYS_ADMIN) cannot confine this way and says so.
+        confine.private_namespaces(
+            tmp_mb=spec.disk_mb,
+            uid=spec.uid,
+            network=spec.network,
+            keep=[spec.state_dir, spec.code_root, *(p for p in sys.path if os.path.isdir(p))],
+        )
     os.chdir(spec.state_dir)
+    harden.apply_deployment_rlimits(
+        max_tasks=spec.max_tasks if spec.uid is not None else None,
+        file_bytes=spec.disk_mb * 1024 * 1024,
+    )
     if spec.uid is not None and spec.gid is not None:
         harden.pin_import_paths()
+    confine.deny_new_privileges()
+    confine.install_syscall_filter()
+    if spec.uid is not None and spec.gid is not None:
         harden.drop_privileges(spec.uid, spec.gid)
     return load_entry(Path(spec.code_root), spec.main)
 
@@ -92,6 +110,7 @@ def serve_zygote(
         _send(control, Failed(exc.message))
         return 1
     except Exception as exc:
+        _log.debug("preparing the zygote failed", exc_info=True)
         _send(control, Failed(f"the worker environment could not be prepared: {exc!r}"))
         return 1
     gc.collect()

@@ -94,6 +94,9 @@ class ZygoteClient:
             self.process = subprocess.Popen(
                 [*self.command, "--control-fd", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
+                # Started with the deployment's environment, never the node's: what a
+                # process was exec'd with stays readable in /proc/<pid>/environ.
+                env=self.spec.environ,
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
             )
