@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from edgerun.bindings.cache import Cache, SqliteCacheStore
+from edgerun.bindings.cache import CACHE_FILENAME, Cache, SqliteCacheStore
 from edgerun.clock import FakeClock
 from edgerun.http import Response
+from edgerun.node.wiring import open_bindings, shared_cache_store
+from edgerun.runtime.isolate.protocol import BindingSpec
 
 URL = "https://example.com/a"
 
@@ -53,3 +56,37 @@ async def test_lru_and_the_byte_bound_hold_across_stores(tmp_path: Path) -> None
     assert b.stats.evictions == 1
     one.close()
     two.close()
+
+
+async def test_cache_bindings_live_in_the_state_dir(tmp_path: Path) -> None:
+    # The in-process node opens its [[cache]] bindings this way: they must land in the
+    # deployment's file, where any other process of the deployment finds them.
+    clock = FakeClock()
+    spec = BindingSpec("cache", "PAGES", {"max_bytes": 1 << 20})
+    bindings = await open_bindings([spec], tmp_path, clock)
+    pages = bindings["PAGES"]
+    assert isinstance(pages, Cache)
+    await pages.put(URL, cached("on disk"))
+    await pages.close()
+    other = SqliteCacheStore(tmp_path / CACHE_FILENAME)
+    hit = await Cache("PAGES", clock=clock, store=other).match(URL)
+    assert hit is not None
+    assert await hit.text() == "on disk"
+    other.close()
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    # A worker is forked from a zygote that may have opened the store: it must not use
+    # the inherited SQLite connection, yet must see the same entries.
+    parent = shared_cache_store(tmp_path)
+    assert shared_cache_store(tmp_path) is parent
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        ok = False
+        try:
+            child = shared_cache_store(tmp_path)
+            ok = child is not parent and child.usage("default") == (0, 0)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
