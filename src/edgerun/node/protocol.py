@@ -144,6 +144,20 @@ class NodeCycle(RequestResponseCycle):
     on_start: Any = None
     on_final: Any = None
 
+    async def send(self, message: Any) -> None:
+        """uvicorn's ``send``, minus the server's Date when the response has its own."""
+        if message["type"] == "http.response.start" and any(
+            name.lower() == b"date" for name, _ in message.get("headers", ())
+        ):
+            defaults = self.default_headers
+            self.default_headers = [(n, v) for n, v in defaults if n != b"date"]
+            try:
+                await super().send(message)
+            finally:
+                self.default_headers = defaults
+            return
+        await super().send(message)
+
     async def respond(
         self,
         status: int,
@@ -169,8 +183,12 @@ class NodeCycle(RequestResponseCycle):
         self.response_started = True
         self.waiting_for_100_continue = False
         parts = [STATUS_LINE[status]]
+        dated = any(name == b"date" for name, _ in headers)
         for name, value in self.default_headers:
-            parts += (name, b": ", value, b"\r\n")
+            # A response that brings its own Date (one served from a cache) keeps it:
+            # RFC 9110 §6.6.1 allows one Date, and the stored one is what Age counts from.
+            if not (dated and name == b"date"):
+                parts += (name, b": ", value, b"\r\n")
         good = _GOOD_NAMES
         for name, value in headers:
             if name not in good:

@@ -23,7 +23,7 @@ from typing import Any
 
 import edgerun
 from edgerun.bindings.base import Binding, open_all
-from edgerun.bindings.cache import Cache
+from edgerun.bindings.cache import CACHE_FILENAME, Cache, SqliteCacheStore
 from edgerun.bindings.kv import open_kv
 from edgerun.clock import Clock, SystemClock
 from edgerun.config import ProjectConfig
@@ -128,10 +128,33 @@ def _opener(spec: BindingSpec, state_dir: Path, clock: Clock) -> Any:
     if spec.kind == "cache":
 
         async def cache() -> Binding:
-            return Cache(spec.name, max_bytes=int(options["max_bytes"]), clock=clock)
+            return Cache(
+                spec.name,
+                max_bytes=int(options["max_bytes"]),
+                clock=clock,
+                store=shared_cache_store(state_dir),
+            )
 
         return cache
     raise ValueError(f"unknown binding kind {spec.kind!r} for {spec.name!r}")
+
+
+# One connection per process and file; keyed by pid too so a forked child never uses
+# a connection it inherited (SQLite connections must not cross a fork).
+_CACHE_STORES: dict[tuple[int, Path], SqliteCacheStore] = {}
+
+
+def shared_cache_store(state_dir: Path) -> SqliteCacheStore:
+    """The deployment's Cache API store in ``state_dir``, shared by all its workers.
+
+    Every cache binding and ``caches.default`` of a worker use it, so a response put
+    by one worker is a hit in the others and outlives the worker that stored it.
+    """
+    key = (os.getpid(), state_dir.resolve())
+    store = _CACHE_STORES.get(key)
+    if store is None:
+        store = _CACHE_STORES[key] = SqliteCacheStore(state_dir / CACHE_FILENAME)
+    return store
 
 
 def deployment_uid(name: str) -> int:

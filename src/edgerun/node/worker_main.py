@@ -17,9 +17,11 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import edgerun
 from edgerun.bindings.base import Binding
+from edgerun.bindings.cache import CacheStorage
 from edgerun.node.direct import serve_connections
-from edgerun.node.wiring import open_bindings
+from edgerun.node.wiring import open_bindings, shared_cache_store
 from edgerun.runtime.isolate.protocol import BindingSpec
 from edgerun.runtime.isolate.zygote import main_exit, serve_zygote
 
@@ -27,7 +29,13 @@ from edgerun.runtime.isolate.zygote import main_exit, serve_zygote
 async def _open_in_worker(specs: list[BindingSpec]) -> Mapping[str, Binding]:
     # The worker's cwd is its state directory (entered before privileges were
     # dropped); the KV file is opened by its absolute path.
-    return await open_bindings(specs, Path.cwd())
+    state_dir = Path.cwd()
+    # caches.default is process-wide: give it the deployment's shared store, so it
+    # behaves the same whichever worker serves a request (and after workers are reaped).
+    # The same object, re-pointed: the user's module, imported in the zygote, may hold it.
+    caches: CacheStorage = edgerun.caches
+    caches.use_store(shared_cache_store(state_dir))
+    return await open_bindings(specs, state_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

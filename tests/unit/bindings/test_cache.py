@@ -7,7 +7,14 @@ from email.utils import formatdate
 import pytest
 
 from edgerun.bindings.base import Binding
-from edgerun.bindings.cache import Cache, CacheStats, CacheStorage, parse_cache_control
+from edgerun.bindings.cache import (
+    Cache,
+    CacheStats,
+    CacheStorage,
+    MemoryCacheStore,
+    SqliteCacheStore,
+    parse_cache_control,
+)
 from edgerun.clock import FakeClock
 from edgerun.errors import CacheError
 from edgerun.http import Request, Response
@@ -20,9 +27,20 @@ def clock():
     return FakeClock()
 
 
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    """Every store runs the same battery: the private one and the shared SQLite file."""
+    if request.param == "memory":
+        yield MemoryCacheStore()
+        return
+    shared = SqliteCacheStore(tmp_path / "cache.sqlite3")
+    yield shared
+    shared.close()
+
+
 @pytest.fixture
-def cache(clock):
-    return Cache(clock=clock)
+def cache(clock, store):
+    return Cache(clock=clock, store=store)
 
 
 def cached(body="hello", *, cc="max-age=60", status=200, **headers):
@@ -528,10 +546,10 @@ async def entry_size(clock, url, body):
     return probe.stats.bytes
 
 
-async def test_lru_eviction_by_bytes(clock):
+async def test_lru_eviction_by_bytes(clock, store):
     urls = [f"https://example.com/{i}" for i in range(4)]
     size = await entry_size(clock, urls[0], b"x" * 100)
-    cache = Cache(max_bytes=3 * size, clock=clock)
+    cache = Cache(max_bytes=3 * size, clock=clock, store=store)
     for url in urls[:3]:
         await cache.put(url, cached(b"x" * 100))
     assert cache.stats.entries == 3 and cache.stats.bytes == 3 * size
@@ -544,10 +562,10 @@ async def test_lru_eviction_by_bytes(clock):
     assert cache.stats.bytes <= cache.max_bytes
 
 
-async def test_lru_inverted_twin_with_room_keeps_everything(clock):
+async def test_lru_inverted_twin_with_room_keeps_everything(clock, store):
     urls = [f"https://example.com/{i}" for i in range(4)]
     size = await entry_size(clock, urls[0], b"x" * 100)
-    cache = Cache(max_bytes=4 * size, clock=clock)
+    cache = Cache(max_bytes=4 * size, clock=clock, store=store)
     for url in urls:
         await cache.put(url, cached(b"x" * 100))
     for url in urls:
@@ -555,9 +573,9 @@ async def test_lru_inverted_twin_with_room_keeps_everything(clock):
     assert cache.stats.evictions == 0
 
 
-async def test_large_entry_evicts_several(clock):
+async def test_large_entry_evicts_several(clock, store):
     small = await entry_size(clock, "https://example.com/0", b"x" * 10)
-    cache = Cache(max_bytes=small * 10, clock=clock)
+    cache = Cache(max_bytes=small * 10, clock=clock, store=store)
     for i in range(10):
         await cache.put(f"https://example.com/{i}", cached(b"x" * 10))
     await cache.put("https://example.com/big", cached(b"y" * (small * 5)))
@@ -567,8 +585,8 @@ async def test_large_entry_evicts_several(clock):
     assert await cache.match("https://example.com/9") is not None
 
 
-async def test_oversized_entry_is_not_stored(clock):
-    cache = Cache(max_bytes=1000, clock=clock)
+async def test_oversized_entry_is_not_stored(clock, store):
+    cache = Cache(max_bytes=1000, clock=clock, store=store)
     await cache.put("https://example.com/small", cached(b"s"))
     await cache.put(URL, cached(b"x" * 1000))
     assert await cache.match(URL) is None
@@ -587,7 +605,8 @@ async def test_max_bytes_must_be_positive():
         Cache(max_bytes=True)
 
 
-async def test_close_clears_and_is_idempotent(cache):
+async def test_close_clears_and_is_idempotent(clock):
+    cache = Cache(clock=clock)  # a private store: a shared one keeps its entries
     await cache.put(URL, cached())
     await cache.close()
     await cache.close()

@@ -11,6 +11,8 @@ semantics (RFC 9111 for a shared cache, as Cloudflare Workers' Cache API applies
 - Each cache is bounded by ``max_bytes`` (body + header + key bytes) and evicts the
   least recently used entry first. Expired entries are dropped when they are looked up
   or when LRU eviction reaches them.
+- Entries live in a ``CacheStore``: private memory by default, or a
+  ``SqliteCacheStore`` file that every worker of a deployment on a node shares.
 - ``CacheStorage`` is the ``caches`` object: ``caches.default`` and
   ``await caches.open(name)``.
 
@@ -28,12 +30,22 @@ from edgerun.bindings.cache.api import (
     CacheStorage,
 )
 from edgerun.bindings.cache.headers import parse_cache_control
+from edgerun.bindings.cache.store import (
+    CACHE_FILENAME,
+    CacheStore,
+    MemoryCacheStore,
+    SqliteCacheStore,
+)
 
 __all__ = [
+    "CACHE_FILENAME",
     "DEFAULT_MAX_BYTES",
     "MAX_CACHE_NAME_LENGTH",
     "Cache",
     "CacheStats",
     "CacheStorage",
+    "CacheStore",
+    "MemoryCacheStore",
+    "SqliteCacheStore",
     "parse_cache_control",
 ]

@@ -5,19 +5,20 @@ The public names are re-exported by ``edgerun.bindings.cache``; see its docstrin
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from edgerun.bindings.cache.entry import Entry, respond
 from edgerun.bindings.cache.headers import (
+    age_seconds,
+    cache_directives,
     delta_seconds,
     field_names,
-    parse_cache_control,
     parse_http_date,
     split_list,
     vary_value,
 )
+from edgerun.bindings.cache.store import CacheStore, MemoryCacheStore
 from edgerun.clock import Clock, SystemClock
 from edgerun.errors import CacheError
 from edgerun.http import Headers, Request, Response
@@ -89,11 +90,14 @@ class CacheStats:
 class Cache:
     """An in-memory HTTP cache of GET responses keyed by URL, bounded by bytes.
 
-    ``Cache(name="default", *, max_bytes=64 MiB, clock=None)``. ``max_bytes`` bounds the
+    ``Cache(name="default", *, max_bytes=64 MiB, clock=None, store=None)``. ``max_bytes`` bounds the
     sum of every entry's size (body + header names and values + URL + the stored Vary
     values); storing past it evicts least recently used entries (a ``match`` hit counts
     as a use). Each cache holds at most one response per URL; ``name`` is the name it
     was opened under. Raises ``ValueError`` if ``max_bytes`` is not a positive int.
+    ``store`` holds the entries: by default a private in-memory one; a
+    ``SqliteCacheStore`` shares them with every process opening the same file (the
+    workers of one deployment), with LRU and the byte bound across all of them.
     Not thread-safe: use it from one event loop.
     """
 
@@ -103,14 +107,14 @@ class Cache:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Clock | None = None,
+        store: CacheStore | None = None,
     ) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
             raise ValueError(f"Cache max_bytes must be a positive int, got {max_bytes!r}")
         self.name = name
         self._max_bytes = max_bytes
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._entries: OrderedDict[str, Entry] = OrderedDict()  # LRU first, MRU last
-        self._bytes = 0
+        self._store: CacheStore = store if store is not None else MemoryCacheStore()
         self._hits = 0
         self._misses = 0
         self._evictions = 0
@@ -122,22 +126,26 @@ class Cache:
 
     @property
     def stats(self) -> CacheStats:
-        """Current counters (see ``CacheStats``)."""
+        """Current counters (see ``CacheStats``); entries and bytes are the store's."""
+        entries, size = self._store.usage(self.name)
         return CacheStats(
             hits=self._hits,
             misses=self._misses,
-            entries=len(self._entries),
-            bytes=self._bytes,
+            entries=entries,
+            bytes=size,
             evictions=self._evictions,
         )
 
     def __repr__(self) -> str:
-        return f"<Cache {self.name!r} entries={len(self._entries)} bytes={self._bytes}>"
+        entries, size = self._store.usage(self.name)
+        return f"<Cache {self.name!r} entries={entries} bytes={size}>"
 
     async def put(self, request: Request | str, response: Response) -> None:
         """Store ``response`` under ``request`` (a Request or a URL string meaning GET).
 
-        Raises ``CacheError`` — nothing changes — when the request is not a GET, the
+        The directives come from ``Cloudflare-CDN-Cache-Control``, else
+        ``CDN-Cache-Control``, else ``Cache-Control`` (RFC 9213); ``Age`` is its first
+        value. Raises ``CacheError`` — nothing changes — when the request is not a GET, the
         URL is not absolute http(s), the response is a 206 or carries ``Vary: *``, or
         its streamed body was already consumed. Otherwise whatever was stored for the
         URL is replaced, and the new response is silently not stored (as Workers does,
@@ -148,6 +156,8 @@ class Cache:
         - it has ``Set-Cookie`` and no ``private=Set-Cookie`` (with it, the response
           is stored without its ``Set-Cookie``; any field named by a qualified
           ``private`` or ``no-cache`` is stripped the same way);
+        - the request carries ``Authorization`` and the response has none of
+          ``public``, ``s-maxage`` or ``must-revalidate`` (RFC 9111 §3.5);
         - it has no explicit lifetime (``s-maxage``, else ``max-age``, else ``Expires``
           minus ``Date``): unlike Cloudflare there are no per-status default TTLs, and
           an invalid value counts as already stale;
@@ -174,9 +184,9 @@ class Cache:
                 f"cannot cache the response for {key}: its streamed body was already read"
             )
 
-        stripped = self._storable(response)
+        stripped = self._storable(response, authorized="authorization" in request_headers)
         lifetime = None if stripped is None else self._lifetime(response.headers)
-        initial_age = delta_seconds(response.headers.get("age"))
+        initial_age = age_seconds(response.headers.getlist("age"))
         if stripped is None or lifetime is None or lifetime <= initial_age:
             self._remove(key)
             return
@@ -201,22 +211,18 @@ class Cache:
             headers=tuple(headers),
             body=body,
             vary=vary,
-            stored_at=self._clock.monotonic(),
+            # Wall-clock: a shared store is read by other processes, and after restarts.
+            stored_at=self._clock.time(),
             initial_age=initial_age,
             lifetime=lifetime,
             size=size,
             etag=response.headers.get("etag"),
             last_modified=parse_http_date(response.headers.get("last-modified")),
         )
-        self._remove(key)
         if size > self._max_bytes:
+            self._remove(key)
             return
-        while self._entries and self._bytes + size > self._max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.size
-            self._evictions += 1
-        self._entries[key] = entry
-        self._bytes += size
+        self._evictions += self._store.put(self.name, key, entry, self._max_bytes)
 
     async def match(
         self, request: Request | str, *, ignore_method: bool = False
@@ -238,11 +244,11 @@ class Cache:
         Raises ``CacheError`` for a URL that is not absolute http(s).
         """
         key, method, headers = _cache_key(request)
-        entry = None if method != "GET" and not ignore_method else self._entries.get(key)
+        entry = None if method != "GET" and not ignore_method else self._store.get(self.name, key)
         if entry is None:
             self._misses += 1
             return None
-        age = entry.age(self._clock.monotonic())
+        age = entry.age(self._clock.time())
         if age >= entry.lifetime:
             self._remove(key)
             self._misses += 1
@@ -250,7 +256,6 @@ class Cache:
         if any(vary_value(headers, name) != value for name, value in entry.vary):
             self._misses += 1
             return None
-        self._entries.move_to_end(key)
         self._hits += 1
         return respond(entry, headers, int(age))
 
@@ -265,20 +270,20 @@ class Cache:
         if method != "GET" and not ignore_method:
             return False
         entry = self._remove(key)
-        return entry is not None and entry.age(self._clock.monotonic()) < entry.lifetime
+        return entry is not None and entry.age(self._clock.time()) < entry.lifetime
 
     async def close(self) -> None:
-        """Drop every entry (idempotent); the cache stays usable and keeps its counters."""
-        self._entries.clear()
-        self._bytes = 0
+        """Done with the cache (idempotent); it stays usable and keeps its counters.
+
+        A private in-memory store drops every entry; a shared store keeps them for the
+        other processes using it.
+        """
+        self._store.release(self.name)
 
     # --- internals ---
 
     def _remove(self, key: str) -> Entry | None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._bytes -= entry.size
-        return entry
+        return self._store.remove(self.name, key)
 
     @staticmethod
     def _vary_names(headers: Headers, key: str) -> tuple[str, ...]:
@@ -296,12 +301,18 @@ class Cache:
         return tuple(names)
 
     @staticmethod
-    def _storable(response: Response) -> frozenset[str] | None:
-        """The header names to strip before storing, or None if it must not be stored."""
+    def _storable(response: Response, *, authorized: bool) -> frozenset[str] | None:
+        """The header names to strip before storing, or None if it must not be stored.
+
+        ``authorized``: the request carried ``Authorization``, so (RFC 9111 §3.5) the
+        response is shared only when it says so with public, s-maxage or must-revalidate.
+        """
         if response.status == 304:
             return None
-        directives = parse_cache_control(", ".join(response.headers.getlist("cache-control")))
+        directives = cache_directives(response.headers)
         if "no-store" in directives:
+            return None
+        if authorized and not {"public", "s-maxage", "must-revalidate"} & directives.keys():
             return None
         private = field_names(directives.get("private")) if "private" in directives else None
         no_cache = field_names(directives.get("no-cache")) if "no-cache" in directives else None
@@ -317,7 +328,7 @@ class Cache:
 
     def _lifetime(self, headers: Headers) -> float | None:
         """Freshness lifetime in seconds, or None when the response gives none."""
-        directives = parse_cache_control(", ".join(headers.getlist("cache-control")))
+        directives = cache_directives(headers)
         if "s-maxage" in directives:
             return delta_seconds(directives["s-maxage"])
         if "max-age" in directives:
@@ -335,17 +346,36 @@ class Cache:
 class CacheStorage:
     """The ``caches`` object: ``caches.default`` and ``await caches.open(name)``.
 
-    Every cache gets its own ``max_bytes`` bound and shares the injected clock.
+    Every cache gets its own ``max_bytes`` bound and shares the injected clock and
+    ``store`` (default: one private in-memory store).
     ``open`` returns the same ``Cache`` for the same name. As in Workers, the name
     ``"default"`` is reserved for ``caches.default``; names are non-empty strings of at
     most ``MAX_CACHE_NAME_LENGTH`` characters, else ``CacheError``.
     """
 
-    def __init__(self, *, max_bytes: int = DEFAULT_MAX_BYTES, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        clock: Clock | None = None,
+        store: CacheStore | None = None,
+    ) -> None:
         self._max_bytes = max_bytes
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._default = Cache("default", max_bytes=max_bytes, clock=self._clock)
+        self._store: CacheStore = store if store is not None else MemoryCacheStore()
+        self._default = Cache("default", max_bytes=max_bytes, clock=self._clock, store=self._store)
         self._named: dict[str, Cache] = {}
+
+    def use_store(self, store: CacheStore) -> None:
+        """Keep every cache of this storage (open ones too) in ``store`` from now on.
+
+        For a process that learns where its shared store is after user code may have
+        taken ``caches.default`` (a worker forked from a zygote that imported it);
+        entries stored before are left behind.
+        """
+        self._store = store
+        for cache in (self._default, *self._named.values()):
+            cache._store = store
 
     @property
     def default(self) -> Cache:
@@ -364,7 +394,9 @@ class CacheStorage:
             )
         cache = self._named.get(name)
         if cache is None:
-            cache = self._named[name] = Cache(name, max_bytes=self._max_bytes, clock=self._clock)
+            cache = self._named[name] = Cache(
+                name, max_bytes=self._max_bytes, clock=self._clock, store=self._store
+            )
         return cache
 
     async def close(self) -> None:

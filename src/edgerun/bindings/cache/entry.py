@@ -32,7 +32,7 @@ class Entry:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     vary: tuple[tuple[str, str | None], ...]  # request header -> value at put time
-    stored_at: float  # clock.monotonic() when stored
+    stored_at: float  # clock.time() when stored
     initial_age: int  # the Age the origin sent
     lifetime: float  # freshness lifetime, seconds
     size: int  # bytes charged against max_bytes
@@ -40,7 +40,7 @@ class Entry:
     last_modified: float | None
 
     def age(self, now: float) -> float:
-        """Seconds since the origin produced it, given ``now`` on the monotonic clock."""
+        """Seconds since the origin produced it, given ``now`` on the wall clock."""
         return self.initial_age + max(0.0, now - self.stored_at)
 
 

@@ -15,6 +15,8 @@ from typing import Literal
 from edgerun.http import Headers
 
 __all__ = [
+    "age_seconds",
+    "cache_directives",
     "delta_seconds",
     "field_names",
     "opaque_tag",
@@ -112,6 +114,34 @@ def delta_seconds(value: str | None) -> int:
     """A delta-seconds argument; missing or invalid counts as 0 (stale, conservative)."""
     number = None if value is None else to_int(value)
     return 0 if number is None else min(number, _DELTA_SECONDS_MAX)
+
+
+def age_seconds(values: list[str]) -> int:
+    """The ``Age`` of a response from its header lines: the first list member counts.
+
+    RFC 9111 §5.1: a cache that receives ``Age: 7200, 0`` (or two lines) uses the first
+    value; an invalid first value counts as 0.
+    """
+    items = split_list(", ".join(values))
+    return delta_seconds(items[0]) if items else 0
+
+
+# RFC 9213: targeted fields, most specific first. When one is present, this cache obeys it
+# and ignores Cache-Control (which stays for caches downstream).
+_TARGETED_FIELDS = ("cloudflare-cdn-cache-control", "cdn-cache-control")
+
+
+def cache_directives(headers: Headers) -> dict[str, str | None]:
+    """The caching directives this cache obeys for a response.
+
+    The first present of ``Cloudflare-CDN-Cache-Control`` and ``CDN-Cache-Control``
+    (RFC 9213) wins over ``Cache-Control``; several lines of one field are joined.
+    """
+    for name in (*_TARGETED_FIELDS, "cache-control"):
+        values = headers.getlist(name)
+        if values:
+            return parse_cache_control(", ".join(values))
+    return {}
 
 
 def parse_http_date(value: str | None) -> float | None:
