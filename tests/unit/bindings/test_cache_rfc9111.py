@@ -102,3 +102,15 @@ def test_the_cloudflare_field_is_more_specific_than_cdn_cache_control() -> None:
 def test_cache_directives_is_total(fields: dict[str, str]) -> None:
     safe = {k: v.replace("\r", "").replace("\n", "").replace("\x00", "") for k, v in fields.items()}
     assert isinstance(cache_directives(Headers(list(safe.items()))), dict)
+
+
+@pytest.mark.parametrize("bad", ["max-age = 30", "max-age =30", "max-age= 30", "max age=30"])
+def test_an_unparseable_targeted_field_is_ignored(bad: str) -> None:
+    headers = Headers([("cache-control", "no-store"), ("cdn-cache-control", bad)])
+    assert cache_directives(headers) == {"no-store": None}
+
+
+@pytest.mark.parametrize("good", ["max-age=30", "max-age=30, no-transform", 'private="a"'])
+def test_a_structured_targeted_field_is_obeyed(good: str) -> None:
+    headers = Headers([("cache-control", "no-store"), ("cdn-cache-control", good)])
+    assert "no-store" not in cache_directives(headers)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import resource
 from pathlib import Path
 
 from edgerun.bindings.cache import CACHE_FILENAME, Cache, SqliteCacheStore
+from edgerun.bindings.cache.store import _NEXT_USE
 from edgerun.clock import FakeClock
 from edgerun.http import Response
 from edgerun.node.wiring import open_bindings, shared_cache_store
@@ -90,3 +93,41 @@ def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_next_use_comes_from_the_index(tmp_path: Path) -> None:
+    # Every hit and put computes the next use counter; a table-wide max would scan every
+    # row (milliseconds on a full cache), the per-cache one is an index lookup.
+    store = SqliteCacheStore(tmp_path / "cache.sqlite3")
+    query = _NEXT_USE.strip("()")
+    plan = store._conn.execute(f"EXPLAIN QUERY PLAN {query}", ("default",)).fetchall()
+    assert any("INDEX cache_lru (name=?)" in str(row[-1]) for row in plan), plan
+    store.close()
+
+
+def test_a_full_disk_stores_nothing_and_keeps_the_file(tmp_path: Path) -> None:
+    # An isolated worker writes under RLIMIT_FSIZE ([limits] max_disk_mb): past it a put
+    # must decline (as a cache may), not fail, and the file must stay readable.
+    path = tmp_path / "cache.sqlite3"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        code = 1
+        try:
+            limit = 512 * 1024
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+            cache = Cache(max_bytes=64 << 20, store=SqliteCacheStore(path))
+            for i in range(16):
+                # Random bytes: SQLite stores them as they are, 128 KiB each.
+                response = Response(os.urandom(128 * 1024), headers={"cache-control": "max-age=60"})
+                asyncio.run(cache.put(f"{URL}/{i}", response))
+            entries, size = cache.stats.entries, cache.stats.bytes
+            code = 0 if 0 < entries < 16 and size < limit else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    store = SqliteCacheStore(path)
+    entries, _ = store.usage("default")
+    assert 0 < entries < 16
+    assert store._conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    store.close()

@@ -1,4 +1,4 @@
-"""The Cache API: an in-memory HTTP cache shaped like Workers' ``caches.default``.
+"""The Cache API: an HTTP cache shaped like Workers' ``caches.default``.
 
 ``Cache`` stores responses keyed by URL and plays them back with HTTP caching
 semantics (RFC 9111 for a shared cache, as Cloudflare Workers' Cache API applies them):
@@ -7,7 +7,10 @@ semantics (RFC 9111 for a shared cache, as Cloudflare Workers' Cache API applies
   freshness lifetime (``s-maxage``, else ``max-age``, else ``Expires`` - ``Date``);
   ``await cache.match(request)`` returns a fresh copy with an ``Age`` header, answers
   ``If-None-Match`` / ``If-Modified-Since`` with 304 and a single byte ``Range`` with
-  206; ``await cache.delete(request)`` removes an entry.
+  206; ``await cache.delete(request)`` removes an entry. ``Cloudflare-CDN-Cache-Control``,
+  else ``CDN-Cache-Control`` (RFC 9213), else ``Cache-Control`` gives the directives; a
+  response to a request with ``Authorization`` needs ``public``, ``s-maxage`` or
+  ``must-revalidate`` to be stored (RFC 9111 §3.5).
 - Each cache is bounded by ``max_bytes`` (body + header + key bytes) and evicts the
   least recently used entry first. Expired entries are dropped when they are looked up
   or when LRU eviction reaches them.

@@ -88,7 +88,7 @@ class CacheStats:
 
 
 class Cache:
-    """An in-memory HTTP cache of GET responses keyed by URL, bounded by bytes.
+    """An HTTP cache of GET responses keyed by URL, bounded by bytes.
 
     ``Cache(name="default", *, max_bytes=64 MiB, clock=None, store=None)``. ``max_bytes`` bounds the
     sum of every entry's size (body + header names and values + URL + the stored Vary

@@ -8,6 +8,7 @@ parsed is reported as absent (None) or handled the conservative way its docstrin
 
 from __future__ import annotations
 
+import re
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Literal
@@ -131,17 +132,31 @@ def age_seconds(values: list[str]) -> int:
 _TARGETED_FIELDS = ("cloudflare-cdn-cache-control", "cdn-cache-control")
 
 
+# An RFC 8941 dictionary member as a targeted field uses it: a key, optionally "=" and
+# a bare item, with no whitespace around "=". Parameters are allowed (and ignored).
+_SF_MEMBER = re.compile(
+    r'[a-z*][a-z0-9_.*-]*(=(-?[0-9]+(\.[0-9]+)?|"([^"\\]|\\.)*"|[A-Za-z*][^\s,;"]*|\?[01]))?'
+    r"(;[^,]*)?"
+)
+
+
+def _structured(value: str) -> bool:
+    """Whether a targeted field's value parses as a dictionary (RFC 9213 §2.1)."""
+    return all(_SF_MEMBER.fullmatch(item) for item in split_list(value))
+
+
 def cache_directives(headers: Headers) -> dict[str, str | None]:
     """The caching directives this cache obeys for a response.
 
     The first present of ``Cloudflare-CDN-Cache-Control`` and ``CDN-Cache-Control``
-    (RFC 9213) wins over ``Cache-Control``; several lines of one field are joined.
+    (RFC 9213) wins over ``Cache-Control``; several lines of one field are joined. A
+    targeted field that is not a valid structured dictionary is ignored as a whole.
     """
-    for name in (*_TARGETED_FIELDS, "cache-control"):
+    for name in _TARGETED_FIELDS:
         values = headers.getlist(name)
-        if values:
+        if values and _structured(", ".join(values)):
             return parse_cache_control(", ".join(values))
-    return {}
+    return parse_cache_control(", ".join(headers.getlist("cache-control")))
 
 
 def parse_http_date(value: str | None) -> float | None:
