@@ -1,9 +1,10 @@
-"""A crashing worker and the requests beside it, on the proxied path (issue 17).
+"""A crashing worker and the requests beside it (issue 17).
 
 With ``[scaling] handoff = false`` every request goes over a worker's data socket. A
 worker that dies takes the requests in flight on it along; an idempotent one held
 whole by the node is run again, once, on a fresh worker; the rest answer 502
-``worker_crashed``. One worker (``max_workers = 1``) puts both requests on it.
+``worker_crashed``. One worker (``max_workers = 1``) puts both requests on it. On
+handed-off connections (no retry there yet) every request still gets an answer.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ def node(tmp_path, edgerun_node):
     return edgerun_node(project(tmp_path, PROXIED), command="node")
 
 
+@pytest.fixture(params=[PROXIED, "[scaling]\nmax_workers = 1\n"], ids=["proxied", "handoff"])
+def any_node(request, tmp_path, edgerun_node):
+    """The proxied path, and handed-off connections (the default)."""
+    return edgerun_node(project(tmp_path, request.param), command="node")
+
+
 def beside_a_crash(node, method: str) -> httpx.Response:
     """``method /sleep`` in flight on the one worker while ``/exit`` kills it."""
     with ThreadPoolExecutor(1) as pool:
@@ -85,8 +92,8 @@ def test_a_get_beside_a_crash_is_retried_on_a_fresh_worker(node):
     assert r.text == "slept"
 
 
-def test_a_post_beside_a_crash_is_502_worker_crashed(node):
-    r = beside_a_crash(node, "POST")
+def test_a_post_beside_a_crash_is_502_worker_crashed(any_node):
+    r = beside_a_crash(any_node, "POST")
     assert r.status_code == 502
     assert r.json()["error"]["code"] == "worker_crashed"
 
@@ -102,7 +109,8 @@ def test_the_crashing_get_is_retried_once_then_502(node):
     assert node.client.get("/").text == "ok"
 
 
-def test_every_request_of_a_mixed_load_with_crashes_is_answered(node):
+def test_every_request_of_a_mixed_load_with_crashes_is_answered(any_node):
+    node = any_node
     paths = ["/exit" if i % 5 == 0 else "/work" for i in range(40)]
 
     def one(path: str) -> int:
