@@ -293,6 +293,9 @@ class _WorkerProtocol(NodeHttpToolsProtocol):
         if self.initial:
             data, self.initial = self.initial, b""
             self.data_received(data)
+        # Whatever the passed bytes led to (a request begun, a 400, a give-back) has
+        # happened by now: the node must no longer replay them if this worker dies.
+        self.owner.slots.settled(self.conn.slot)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Tell the node the connection ended (unless it went back to the node)."""

@@ -58,6 +58,9 @@ SLOTS_BYTES: Final = (_HEADER_WORDS + MAX_CONNS) * 4
 _PROGRESS = 0
 _BUSY = 1
 _RESPONDING = 1  # low bit of a slot: response bytes have been written
+# A slot the node gave to a connection whose passed bytes the worker has not parsed
+# yet (seq 0 with the responding bit: no request can be in that state).
+_UNTOUCHED = 1
 _WRAP = 0x7FFFFFFF
 
 After = Callable[[], Awaitable[None]]
@@ -67,7 +70,9 @@ After = Callable[[], Awaitable[None]]
 class Slots:
     """A worker's shared slot table: one 32-bit word per connection plus a header.
 
-    A slot is 0 while its connection is between requests; otherwise it holds
+    A slot is 0 while its connection is between requests, 1 from the node passing
+    the connection until the worker has parsed the bytes passed with it; otherwise it
+    holds
     ``seq << 1 | responding``, where ``seq`` numbers the worker's requests (so the
     oldest in-flight request is the one with the smallest ``seq``). Single writer (the
     worker), single reader (the node); a torn read is impossible for aligned words.
@@ -86,7 +91,7 @@ class Slots:
         """A request's head arrived on ``slot``."""
         seq = self._seq = (self._seq % _WRAP) + 1
         words = self._words
-        if not words[_HEADER_WORDS + slot]:
+        if words[_HEADER_WORDS + slot] <= _UNTOUCHED:
             words[_BUSY] += 1
         words[_HEADER_WORDS + slot] = seq << 1
 
@@ -94,14 +99,14 @@ class Slots:
         """The first response bytes of ``slot``'s request are about to be written."""
         words = self._words
         index = _HEADER_WORDS + slot
-        if words[index]:
+        if words[index] > _UNTOUCHED:
             words[index] |= _RESPONDING
 
     def end(self, slot: int) -> None:
         """``slot``'s request is over (answered or abandoned)."""
         words = self._words
         index = _HEADER_WORDS + slot
-        if words[index]:
+        if words[index] > _UNTOUCHED:
             words[index] = 0
             words[_BUSY] -= 1
             words[_PROGRESS] = (words[_PROGRESS] + 1) & 0xFFFFFFFF
@@ -116,6 +121,23 @@ class Slots:
     def clear(self, slot: int) -> None:
         """Reset ``slot`` before giving it to a new connection (node side)."""
         self._words[_HEADER_WORDS + slot] = 0
+
+    def untouched(self, slot: int) -> None:
+        """Mark ``slot`` as given to a connection the worker has not begun on yet.
+
+        Node side, before the connection is passed; the worker's first ``begin`` (or
+        ``settled``) overwrites it."""
+        self._words[_HEADER_WORDS + slot] = _UNTOUCHED
+
+    def is_untouched(self, slot: int) -> bool:
+        """Whether the worker never marked ``slot`` since ``untouched``."""
+        return self._words[_HEADER_WORDS + slot] == _UNTOUCHED
+
+    def settled(self, slot: int) -> None:
+        """Worker side: the passed bytes were dealt with without a request begun."""
+        index = _HEADER_WORDS + slot
+        if self._words[index] == _UNTOUCHED:
+            self._words[index] = 0
 
     @property
     def busy(self) -> int:

@@ -31,6 +31,9 @@ __all__ = ["IsolatedInvoker"]
 
 _log = logging.getLogger("edgerun.isolate")
 
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods whose request is run again when its worker dies before answering."""
+
 
 class IsolatedInvoker:
     """Runs a deployment's requests in worker processes forked from its zygote.
@@ -55,6 +58,7 @@ class IsolatedInvoker:
         self._clock: Clock = clock or SystemClock()
         self._debug = debug
         self._wall_s = spec.wall_ms / 1000
+        self._retrying = asyncio.Lock()
 
     async def start(self) -> None:
         """Start the zygote (the entry module is imported there) and ``min_workers``."""
@@ -88,8 +92,17 @@ class IsolatedInvoker:
         self.pool.give_all()
 
     async def invoke(self, request: Request, *, request_id: str) -> Invocation:
-        """Run one request in a worker; see ``Invoker`` and the module docstring."""
-        usage = Usage(self._clock.monotonic())
+        """Run one request in a worker; see ``Invoker`` and the module docstring.
+
+        A request the node holds whole (its body fully received), with an idempotent
+        method, whose worker died before a response head came back is run once more
+        on another worker; a second crash answers 502 ``worker_crashed``.
+        """
+        return await self._invoke(request, request_id, Usage(self._clock.monotonic()), False)
+
+    async def _invoke(
+        self, request: Request, request_id: str, usage: Usage, retried: bool
+    ) -> Invocation:
         try:
             worker, cold = await self.pool.acquire()
         except WorkerError as exc:
@@ -126,6 +139,22 @@ class IsolatedInvoker:
                 worker.cancel(call)
             raise
         except WorkerError as exc:
+            if (
+                not retried
+                and type(exc) is WorkerCrashed
+                and fixed is not None
+                and request.method in _IDEMPOTENT
+            ):
+                # Most often the worker died of a neighbour's request: nothing of this
+                # one reached the client and running it again changes nothing, so the
+                # client gets its answer. Once only: if this request is the cause, the
+                # second crash answers it.
+                _log.info("request %s: worker crashed before answering; retrying", request_id)
+                # One retry at a time: the culprit is among the retried requests, and
+                # retried together they would all land on the next worker and die with
+                # it again. Serialised, each innocent one runs without the culprit.
+                async with self._retrying:
+                    return await self._invoke(request, request_id, usage, True)
             return self._failed(exc, request_id, usage, cold=cold)
         finally:
             if pump is not None and (call.finished.done() or not call.head.done()):

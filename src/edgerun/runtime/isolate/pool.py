@@ -210,7 +210,9 @@ class WorkerConn(asyncio.Protocol):
         # worker holds (by id: client and slot), free slots, and flushes waiting.
         self.conns = conns
         self.slots = slots
-        self.direct: dict[int, tuple[Client, int]] = {}
+        # conn -> (client, slot, the bytes passed with it: the node serves them itself if
+        # the worker dies before it marked anything on the slot).
+        self.direct: dict[int, tuple[Client, int, bytes]] = {}
         self.free_slots: list[int] = []
         self.next_slot = 0
         self.flushes: dict[int, asyncio.Future[None]] = {}
@@ -386,7 +388,7 @@ class WorkerConn(asyncio.Protocol):
             self.next_slot += 1
         else:
             return False
-        self.slots.clear(slot)
+        self.slots.untouched(slot)
         message.conn = conn
         message.slot = slot
         try:
@@ -394,7 +396,7 @@ class WorkerConn(asyncio.Protocol):
         except OSError:
             self.free_slots.append(slot)
             return False
-        self.direct[conn] = (client, slot)
+        self.direct[conn] = (client, slot, message.data)
         return True
 
     def give(self, conn: int = -1, *, close: bool = False) -> None:
@@ -448,7 +450,7 @@ class WorkerConn(asyncio.Protocol):
             entry = self.direct.pop(message.conn, None)
             if entry is None:
                 return
-            client, slot = entry
+            client, slot, _data = entry
             self.free_slots.append(slot)
             if isinstance(message, Returned):
                 client.resume(message.data)
@@ -473,7 +475,7 @@ class WorkerConn(asyncio.Protocol):
         slots = self.slots
         if not self.direct or slots is None:
             return
-        states = {conn: slots.state(slot) for conn, (_client, slot) in self.direct.items()}
+        states = {conn: slots.state(slot) for conn, (_client, slot, _data) in self.direct.items()}
         culprit = None
         if self.killed_for_cpu is None and self.watchdog_killed:
             waiting = [
@@ -481,9 +483,15 @@ class WorkerConn(asyncio.Protocol):
             ]
             if waiting:
                 culprit = min(waiting)[1]
-        for conn, (client, _slot) in list(self.direct.items()):
+        for conn, (client, slot, data) in list(self.direct.items()):
             seq, responding = states[conn]
-            if not seq:
+            if slots.is_untouched(slot):
+                # Died before it parsed the head the node passed: the client sent a
+                # whole request and nothing of it was run or answered, so the node
+                # serves those bytes itself (resuming with none would leave the client
+                # waiting on a request nobody holds, then a close without a response).
+                client.resume(data)
+            elif not seq:
                 client.resume(b"")  # idle: the node serves it again
             elif responding:
                 client.abort(None)  # half-answered: only a close is left
