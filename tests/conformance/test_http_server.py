@@ -228,11 +228,12 @@ def request(
     body: bytes = b"",
     *,
     eol: bytes = b"\r\n",
+    version: str = "1.1",
 ) -> bytes:
     """A raw request; ``headers`` default to ``Host: x`` only (pass ``[]`` for none)."""
     if headers is None:
         headers = [("Host", "x")]
-    lines = [f"{method} {target} HTTP/1.1".encode()]
+    lines = [f"{method} {target} HTTP/{version}".encode()]
     lines += [f"{k}: {v}".encode("latin-1") for k, v in headers]
     return eol.join(lines) + eol + eol + body
 
@@ -387,6 +388,16 @@ def case_duplicate_host(port: int) -> Outcome:
 
 def case_single_host(port: int) -> Outcome:
     return _served(port, request(headers=[("Host", "a")]), lambda e: e["url"] == "http://a/")
+
+
+def case_missing_host_http11(port: int) -> Outcome:
+    # RFC 9112 section 3.2: a server must answer 400 to an HTTP/1.1 request without Host.
+    return _refused(port, request(headers=[]))
+
+
+def case_missing_host_http10(port: int) -> Outcome:
+    # HTTP/1.0 predates Host: such a request is still served.
+    return _served(port, request(headers=[], version="1.0"), lambda e: e["method"] == "GET")
 
 
 def case_malformed_chunk_size(port: int) -> Outcome:
@@ -594,6 +605,8 @@ EXPECTED: dict[str, Expect] = {
     "duplicate_transfer_encoding": _bad(),
     "duplicate_host": _bad(),
     "single_host": OK,
+    "missing_host_http11": _bad(),
+    "missing_host_http10": OK,
     "malformed_chunk_size": _bad(),
     "malformed_chunk_size_midway": _bad(),
     "valid_chunks": OK,

@@ -496,6 +496,18 @@ def test_connection_close_on_a_held_connection_ends_it(two, connect):
     poll(lambda: connections(node, "a") == 0, "the worker to report the closed connection")
 
 
+def test_an_http11_request_without_host_on_a_held_connection_is_400(two, connect):
+    # RFC 9112 section 3.2, on the worker's side of a handed-over connection.
+    node = two()
+    conn = connect(node)
+    assert conn.request(req("/")).project == "a"
+    assert connections(node, "a") == 1
+    r = conn.request(b"GET /nohost HTTP/1.1\r\n\r\n")
+    assert r.status == 400 and r.json()["error"]["code"] == "bad_request"
+    assert "Host" in r.json()["error"]["message"]
+    assert conn.closed_by_server()
+
+
 def test_a_cpu_limit_on_a_held_connection_is_503_and_the_connection_lives_on(two, connect):
     node = two(a_toml="[limits]\ncpu_ms = 50\n")
     conn = connect(node)

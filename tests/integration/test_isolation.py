@@ -322,3 +322,20 @@ def test_pool_scales_up_under_load_then_to_zero_and_cold_starts(tmp_path, edgeru
     assert pools(node)["s"]["workers"] == []
     assert node.client.get("/").text == "ok"
     node.wait_for_line(r"cold start of s")
+
+
+def test_a_state_dir_inside_the_project_is_not_staged_into_itself(tmp_path, edgerun_node):
+    # `edgerun node DIR --state-dir DIR/state`: staging copied the state dir (and
+    # the copy being made inside it) into the copy, until RecursionError.
+    from edgerun.testing.plugin import _searchable
+
+    p = project(tmp_path, "inside")
+    state = p / "state"
+    state.mkdir()
+    _searchable(state)  # so a root node drops the workers' uid and stages the code
+    node = edgerun_node(p, command="node", state_dir=state)
+    r = node.client.get("/env")
+    assert r.status_code == 200
+    if os.geteuid() == 0:
+        assert r.json()["uid"] != 0  # the staged (isolated) path was taken
+        assert not (state / "code" / "state").exists()

@@ -91,7 +91,13 @@ class AsgiFront:
             ours = False
             target_bytes = len(raw_path) + (len(query) + 1 if query else 0)
             try:
-                framing = check_head(method, target_bytes, raw_headers, self._limits)
+                framing = check_head(
+                    method,
+                    target_bytes,
+                    raw_headers,
+                    self._limits,
+                    require_host=scope.get("http_version") == "1.1",
+                )
             except RequestError as exc:
                 await self._send(send, receive, error_response(exc, close=True), method, None)
                 return

@@ -450,7 +450,13 @@ class NodeHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         try:
             # URL and header caps were enforced as the head arrived (on_url, on_header).
-            framing = check_framing(self._hosts, self._lengths, self._encodings, self.limits)
+            framing = check_framing(
+                self._hosts,
+                self._lengths,
+                self._encodings,
+                self.limits,
+                require_host=self.parser.get_http_version() == "1.1",
+            )
         except RequestError as exc:
             raise self._fail(exc, in_body=False) from None
         self._meter.received = 0

@@ -107,7 +107,13 @@ class RsgiFront:
         query: str = scope.query_string
         target_bytes = len(path) + (len(query) + 1 if query else 0)
         try:
-            framing = check_head(method, target_bytes, raw_headers, self._limits)
+            framing = check_head(
+                method,
+                target_bytes,
+                raw_headers,
+                self._limits,
+                require_host=scope.http_version == "1.1",
+            )
         except RequestError as exc:
             _send_fixed(proto, error_response(exc, close=True), close=False)
             return

@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,23 @@ _SKIP = shutil.ignore_patterns(
     ".ruff_cache",
     "node_modules",
 )
+
+
+def staging_ignore(state_dir: Path) -> Callable[[str, list[str]], set[str]]:
+    """The ``copytree`` ignore callable for staging code: ``_SKIP`` plus ``state_dir``.
+
+    ``--state-dir`` may lie anywhere inside the project (not only ``.edgerun``);
+    copying it would copy the staged copy into itself until the path is too deep.
+    """
+    state = state_dir.resolve()
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        skipped = set(_SKIP(directory, names))
+        base = Path(directory).resolve()
+        skipped.update(name for name in names if (base / name).resolve() == state)
+        return skipped
+
+    return ignore
 
 
 def binding_specs(config: ProjectConfig, *, nats_url: str | None = None) -> list[BindingSpec]:
@@ -228,7 +245,7 @@ def _hand_over(state_dir: Path, config: ProjectConfig, uid: int) -> Path:
     code = state_dir / "code"
     if code.exists():
         shutil.rmtree(code)
-    shutil.copytree(config.root, code, ignore=_SKIP, symlinks=True)
+    shutil.copytree(config.root, code, ignore=staging_ignore(state_dir), symlinks=True)
     for dirpath, _dirnames, filenames in os.walk(code):
         os.chown(dirpath, uid, uid)
         os.chmod(dirpath, 0o700)

@@ -160,6 +160,8 @@ def check_head(
     target_bytes: int,
     headers: Iterable[tuple[AnyStr, AnyStr]],
     limits: HttpLimits,
+    *,
+    require_host: bool = False,
 ) -> BodyFraming:
     """Check a request head against the caps and framing rules; return its body framing.
 
@@ -174,7 +176,9 @@ def check_head(
     Transfer-Encoding, more than one Content-Length (even with equal values), a
     Content-Length that is not a plain decimal number, more than one
     Transfer-Encoding or one that is not exactly ``chunked``, more than one Host, or
-    a Host with characters that cannot appear in a URL authority.
+    a Host with characters that cannot appear in a URL authority; and, with
+    ``require_host`` (an HTTP/1.1 request; HTTP/1.0 has no such rule and HTTP/2 has
+    ``:authority``), for a missing Host.
     """
     del method
     check_url(target_bytes, limits)
@@ -198,7 +202,7 @@ def check_head(
         elif name == "transfer-encoding":
             encodings.append(_text(raw_value))
     check_header_size(total, count, limits)
-    return check_framing(hosts, lengths, encodings, limits)
+    return check_framing(hosts, lengths, encodings, limits, require_host=require_host)
 
 
 def check_framing(
@@ -206,6 +210,8 @@ def check_framing(
     lengths: Sequence[str],
     encodings: Sequence[str],
     limits: HttpLimits,
+    *,
+    require_host: bool = False,
 ) -> BodyFraming:
     """The Host and framing rules of ``check_head``, on values a parser already collected.
 
@@ -214,6 +220,9 @@ def check_framing(
     ``check_header_size`` while the head arrived (``node.protocol``), so each head is
     walked once. Raises as ``check_head`` does.
     """
+    if require_host and not hosts:
+        # RFC 9112 section 3.2: an HTTP/1.1 request without Host must get a 400.
+        raise RequestError("the HTTP/1.1 request has no Host header; send exactly one")
     if len(hosts) > 1:
         raise RequestError("the request has more than one Host header; send exactly one")
     if hosts and _HOST_RE.fullmatch(hosts[0]) is None:
