@@ -165,3 +165,103 @@ def test_secret_put_list_delete_never_prints_values(tmp_path, edgerun_node):
     assert gone.returncode == 1 and "no secret named" in gone.stderr
     bad = edgerun("secret", "put", "1bad", str(project), "--state-dir", str(state), input="v")
     assert bad.returncode == 1 and "invalid secret name" in bad.stderr
+
+
+TOKEN_APP = """
+import secrets
+from edgerun import Response
+
+TOKEN = secrets.token_hex(8) + "{suffix}"
+
+async def fetch(request, env):
+    return Response(TOKEN)
+"""
+
+
+def _poll(check: Any, what: str, timeout: float = 30.0) -> Any:
+    """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+
+
+def test_dev_with_its_log_inside_the_project_reloads_only_on_source_edits(tmp_path):
+    # `edgerun dev > dev.log 2>&1` in the project: every log line was a file change,
+    # every reload wrote a line, so it reloaded forever.
+    import re
+
+    import httpx
+
+    project = _project(tmp_path, 'name = "tok"\n', TOKEN_APP.format(suffix="-v1"))
+    log_path = project / "dev.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgerun", "dev", str(project), "--port", "0"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=project,
+        )
+    try:
+
+        def logged() -> str:
+            return log_path.read_text()
+
+        def ready() -> str | None:
+            assert proc.poll() is None, f"edgerun dev exited:\n{logged()}"
+            text = logged()
+            found = re.search(r"edgerun: ready on (http://\S+)", text)
+            return found.group(1) if found and "edgerun: watching" in text else None
+
+        url = _poll(ready, "edgerun dev to be ready and watching")
+        with httpx.Client(base_url=url, timeout=10) as client:
+
+            def steady(window: float = 2.0) -> set[str]:
+                # Absence of a reload can only be shown over a window: keep requesting
+                # (each writes an access-log line into the project) for longer than
+                # watchfiles' 1.6 s debounce; a reload would change the token.
+                import time
+
+                seen: set[str] = set()
+                end = time.monotonic() + window
+                while time.monotonic() < end:
+                    seen.add(client.get("/").text)
+                return seen
+
+            first = steady()
+            assert len(first) == 1 and first.pop().endswith("-v1"), logged()
+            assert "edgerun.access" in logged()
+
+            def token_ends(suffix: str) -> str | None:
+                text = client.get("/").text
+                return text if text.endswith(suffix) else None
+
+            (project / "app.py").write_text(TOKEN_APP.format(suffix="-v2"))
+            v2 = _poll(lambda: token_ends("-v2"), "the edit to app.py to be served")
+            # More log lines, and the "reloaded" line itself: the token must not move.
+            assert steady() == {v2}, logged()
+        assert logged().count("edgerun: reloaded") == 1, logged()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_the_dev_watch_filter_takes_sources_and_leaves_state_logs_and_caches(tmp_path):
+    from edgerun.node.run import SourceFilter
+
+    project = _project(tmp_path, 'name = "f"\n')
+    state = project / "var" / "state"
+    keep = SourceFilter({project: state})
+    assert keep(None, str(project / "app.py"))
+    assert keep(None, str(project / "edgerun.toml"))
+    assert keep(None, str(project / "static" / "index.html"))  # staged, so it counts
+    assert not keep(None, str(state / "kv.sqlite3"))
+    assert not keep(None, str(project / ".edgerun" / "kv.sqlite3"))
+    assert not keep(None, str(project / "dev.log"))
+    assert not keep(None, str(project / "pkg" / "__pycache__" / "m.cpython-312.pyc"))
+    assert not keep(None, str(project / ".git" / "index"))
+    assert not keep(None, str(tmp_path / "elsewhere.py"))

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fnmatch
 import logging
-from collections.abc import Callable, Sequence
+import os
+import stat
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +25,7 @@ from edgerun.node.deployment import Deployment
 from edgerun.node.handoff import NodeHandoff
 from edgerun.node.server import serve
 from edgerun.node.state import default_state_dir
+from edgerun.node.wiring import SKIP_PATTERNS
 from edgerun.runtime.loader import unload
 from edgerun.security.limits import HttpLimits
 
@@ -180,6 +184,58 @@ async def _release_on_stop(stop: asyncio.Event, link: Any) -> None:
         link.api.close()
 
 
+def _file_id(st: os.stat_result) -> tuple[int, int]:
+    return (st.st_dev, st.st_ino)
+
+
+class SourceFilter:
+    """The dev watcher's filter: only changes to what a deployment is made of count.
+
+    That is the project's sources and config: every file the staged bundle would hold
+    (``wiring.SKIP_PATTERNS`` excluded), minus the project's state dir, ``*.log`` and
+    the files the node's own stdout and stderr go to. Without those exclusions
+    ``edgerun dev > dev.log`` inside the project reloads on every log line it writes,
+    and each reload writes another.
+    """
+
+    def __init__(self, roots: Mapping[Path, Path]) -> None:
+        """``roots``: each project root with its state dir (either may be relative)."""
+        self._roots = {root.resolve(): state.resolve() for root, state in roots.items()}
+        self._own_output: set[tuple[int, int]] = set()
+        for fd in (1, 2):
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                self._own_output.add(_file_id(st))
+
+    def __call__(self, _change: object, path: str) -> bool:
+        """Whether a change to ``path`` should reload its project."""
+        p = Path(path).resolve()
+        for root, state in self._roots.items():
+            if not p.is_relative_to(root):
+                continue
+            if p == state or p.is_relative_to(state):
+                return False
+            parts = p.relative_to(root).parts
+            if any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in SKIP_PATTERNS):
+                return False
+            if p.name.endswith(".log"):
+                return False
+            return not self._is_own_output(p)
+        return False
+
+    def _is_own_output(self, path: Path) -> bool:
+        if not self._own_output:
+            return False
+        try:
+            # A log redirected under any other name (dev.out) is still recognised.
+            return _file_id(path.stat()) in self._own_output
+        except OSError:  # deleted meanwhile: it was not our output, which stays open
+            return False
+
+
 async def _watch(node: Node, configs: list[ProjectConfig], opts: NodeOptions) -> None:
     """Reload a project when a file under its root changes, keeping the port open.
 
@@ -189,14 +245,7 @@ async def _watch(node: Node, configs: list[ProjectConfig], opts: NodeOptions) ->
     from watchfiles import awatch
 
     roots = {c.root.resolve(): c for c in configs}
-    ignored = {".edgerun", "__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache"}
-
-    def interesting(_change: object, path: str) -> bool:
-        p = Path(path).resolve()
-        for root in roots:
-            if p.is_relative_to(root):
-                return not any(part in ignored for part in p.relative_to(root).parts)
-        return False
+    interesting = SourceFilter({root: _state_for(c, opts) for root, c in roots.items()})
 
     announced = False
     # yield_on_timeout makes awatch yield an empty set once its watcher is running, so

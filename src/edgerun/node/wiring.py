@@ -54,8 +54,7 @@ _UID_SPAN = 1_000_000
 # A deployment's processes get no variable of the node's (it may hold the node's
 # control-plane token or cloud credentials): only these, then its own [vars].
 _BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
-# Not copied into the staged code: state, caches and VCS data.
-_SKIP = shutil.ignore_patterns(
+SKIP_PATTERNS: tuple[str, ...] = (
     ".edgerun",
     ".git",
     ".venv",
@@ -66,6 +65,8 @@ _SKIP = shutil.ignore_patterns(
     ".ruff_cache",
     "node_modules",
 )
+"""Names (fnmatch patterns) not copied into the staged code: state, caches and VCS data."""
+_SKIP = shutil.ignore_patterns(*SKIP_PATTERNS)
 
 
 def staging_ignore(state_dir: Path) -> Callable[[str, list[str]], set[str]]:
