@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -75,35 +76,23 @@ _HIGH_WATER = 1024 * 1024
 _LOW_WATER = 256 * 1024
 
 
-_cgroups: MemoryCgroups | None = None
-_cgroups_detected = False
-
-
+@functools.cache
 def memory_cgroups() -> MemoryCgroups | None:
     """This node's memory cgroup manager, if the host offers one (detected once)."""
-    global _cgroups, _cgroups_detected
-    if not _cgroups_detected:
-        _cgroups_detected = True
-        _cgroups = MemoryCgroups.detect()
-        if _cgroups is not None:
-            atexit.register(_cgroups.close)
-            _log.info("memory cgroups (v%d) guard each worker", _cgroups.version)
-    return _cgroups
+    cgroups = MemoryCgroups.detect()
+    if cgroups is not None:
+        atexit.register(cgroups.close)
+        _log.info("memory cgroups (v%d) guard each worker", cgroups.version)
+    return cgroups
 
 
-_pids: PidsCgroups | None = None
-_pids_detected = False
-
-
+@functools.cache
 def pids_cgroups() -> PidsCgroups | None:
     """This node's pids cgroup manager, if the host offers one (detected once)."""
-    global _pids, _pids_detected
-    if not _pids_detected:
-        _pids_detected = True
-        _pids = PidsCgroups.detect() if os.geteuid() == 0 else None
-        if _pids is not None:
-            atexit.register(_pids.close)
-    return _pids
+    pids = PidsCgroups.detect() if os.geteuid() == 0 else None
+    if pids is not None:
+        atexit.register(pids.close)
+    return pids
 
 
 def cgroup_limit_bytes(memory_mb: int, max_workers: int) -> int:
