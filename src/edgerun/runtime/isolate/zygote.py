@@ -63,14 +63,29 @@ def _prepare(spec: Spec) -> Entry:
     harden.scrub_environ(spec.environ)
     os.umask(0o077)
     if os.geteuid() == 0:
-        # Needs root, so before the drop; a host that refuses namespaces (a container
-        # without CAP_SYS_ADMIN) cannot confine this way and says so.
-        confine.private_namespaces(
-            tmp_mb=spec.disk_mb,
-            uid=spec.uid,
-            network=spec.network,
-            keep=[spec.state_dir, spec.code_root, *(p for p in sys.path if os.path.isdir(p))],
-        )
+        # Needs root, so before the drop. A host that refuses namespaces (a container
+        # without CAP_SYS_ADMIN) serves without them and says so, except for a
+        # deployment that asked for no network: that promise cannot be kept otherwise.
+        try:
+            confine.private_namespaces(
+                tmp_mb=spec.disk_mb,
+                uid=spec.uid,
+                network=spec.network,
+                keep=[spec.state_dir, spec.code_root, *(p for p in sys.path if os.path.isdir(p))],
+            )
+        except OSError as exc:
+            if not spec.network:
+                raise EntrypointError(
+                    f'[network] outbound = "none" needs a network namespace, which this '
+                    f"host refused ({exc}); run the node with CAP_SYS_ADMIN or choose "
+                    "another outbound setting"
+                ) from exc
+            _log.warning(
+                "%s: no private /proc and /tmp for its workers (%s); the node needs "
+                "CAP_SYS_ADMIN for them",
+                spec.name,
+                exc,
+            )
     os.chdir(spec.state_dir)
     harden.apply_deployment_rlimits(
         max_tasks=spec.max_tasks if spec.uid is not None else None,
@@ -79,7 +94,11 @@ def _prepare(spec: Spec) -> Entry:
     if spec.uid is not None and spec.gid is not None:
         harden.pin_import_paths()
     confine.deny_new_privileges()
-    confine.install_syscall_filter()
+    try:
+        confine.install_syscall_filter()
+    except OSError as exc:
+        # libseccomp missing, or a kernel without seccomp filters.
+        _log.warning("%s: workers run without a syscall filter: %s", spec.name, exc)
     if spec.uid is not None and spec.gid is not None:
         harden.drop_privileges(spec.uid, spec.gid)
     return load_entry(Path(spec.code_root), spec.main)
